@@ -1,0 +1,205 @@
+//! Durable pull consumers, one per (context, policy). Replicas of a service bind the same
+//! durable, so JetStream hands each event to exactly one of them (the consumer-group
+//! behaviour the seed got from Kafka). A consumer that was down resumes where its durable
+//! stopped. Handlers must be idempotent (see [`crate::inbox`]): delivery is at least once.
+
+use crate::events::{self, EventContext};
+use crate::pb::{event_envelope::Payload, EventEnvelope};
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use futures::StreamExt;
+use tracing::Instrument;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One decoded event as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The envelope (its payload moved to `payload`).
+    pub envelope: EventEnvelope,
+    pub payload: Payload,
+    /// How many times JetStream has delivered this message (1 the first time).
+    pub delivered: u64,
+}
+
+impl Event {
+    /// The event's name, e.g. "Occupied".
+    pub fn name(&self) -> &'static str {
+        events::describe(&self.payload).0
+    }
+}
+
+/// Why a handler did not finish an event; it is redelivered later either way.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// A dependency said "not now" (circuit open, delivery down): retry after `delay`.
+    #[error("deferred for {delay:?}: {reason}")]
+    Later { delay: Duration, reason: String },
+    /// Anything else (database busy, bug): retried with exponential back-off.
+    #[error(transparent)]
+    Failed(#[from] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<sea_orm::DbErr> for HandleError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Failed(Box::new(err))
+    }
+}
+
+/// A policy reacting to events.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Handles one event. `Ok` acknowledges it; an error has it redelivered.
+    async fn handle(&self, event: &Event) -> Result<(), HandleError>;
+}
+
+/// Which events a policy follows and under which durable name.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The stream followed.
+    pub context: EventContext,
+    /// Durable consumer name, shared by replicas: `<service>-<policy>`.
+    pub durable: String,
+    /// Only this event name, or every event of the stream when `None`.
+    pub event_name: Option<&'static str>,
+}
+
+/// Back-off for the n-th delivery of a failing message: 200 ms doubling to 30 s.
+pub fn backoff(delivered: u64) -> Duration {
+    let exp = delivered.saturating_sub(1).min(8) as u32;
+    Duration::from_millis(200u64 << exp).min(Duration::from_secs(30))
+}
+
+/// Runs a policy until `shutdown`: declares stream and durable, then handles messages,
+/// up to `concurrency` at once. In-flight messages finish before it returns.
+pub async fn run<H: EventHandler>(
+    js: jetstream::Context,
+    namespace: String,
+    subscription: Subscription,
+    handler: Arc<H>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match bind(&js, &namespace, &subscription).await {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => {
+                    failures = 0;
+                    tracing::info!(durable = %subscription.durable, "consuming");
+                    messages
+                        .take_until(shutdown.cancelled())
+                        .for_each_concurrent(concurrency.max(1), |message| {
+                            let handler = handler.clone();
+                            let durable = subscription.durable.as_str();
+                            async move {
+                                match message {
+                                    Ok(message) => handle_one(&*handler, durable, message).await,
+                                    Err(error) => tracing::warn!(%error, durable, "pull failed"),
+                                }
+                            }
+                        })
+                        .await;
+                    continue;
+                }
+                Err(error) => tracing::warn!(%error, durable = %subscription.durable, "cannot pull"),
+            },
+            Err(error) => tracing::warn!(%error, durable = %subscription.durable, "cannot bind consumer"),
+        }
+        failures = failures.saturating_add(1);
+        let delay = Duration::from_millis(200 << failures.min(5));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn bind(
+    js: &jetstream::Context,
+    namespace: &str,
+    sub: &Subscription,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = crate::nats::ensure_stream(js, namespace, sub.context).await?;
+    let filter_subject = sub
+        .event_name
+        .map(|name| sub.context.subject(namespace, name))
+        .unwrap_or_default();
+    let consumer = stream
+        .get_or_create_consumer(
+            &sub.durable,
+            pull::Config {
+                durable_name: Some(sub.durable.clone()),
+                filter_subject,
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1024,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
+async fn handle_one<H: EventHandler + ?Sized>(handler: &H, durable: &str, message: jetstream::Message) {
+    let delivered = message.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+    let (envelope, payload) = match events::decode(&message.payload) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            // Redelivering a message nobody can read helps no one: stop it, loudly.
+            tracing::error!(%error, subject = %message.subject, durable, "undecodable event dropped");
+            ack(&message, AckKind::Term).await;
+            return;
+        }
+    };
+    let event = Event {
+        envelope,
+        payload,
+        delivered,
+    };
+    let span = tracing::info_span!(
+        "consume",
+        durable,
+        event = event.name(),
+        event_id = %event.envelope.event_id,
+        correlation_id = %event.envelope.correlation_id,
+        delivered
+    );
+    async {
+        match handler.handle(&event).await {
+            Ok(()) => ack(&message, AckKind::Ack).await,
+            Err(HandleError::Later { delay, reason }) => {
+                tracing::info!(?delay, %reason, "deferred");
+                ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+            Err(HandleError::Failed(error)) => {
+                let delay = backoff(delivered);
+                tracing::warn!(%error, ?delay, "handler failed, will retry");
+                ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        // The message comes back after ack_wait; the inbox makes that harmless.
+        tracing::warn!(%error, ?kind, "acknowledgement not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(4), Duration::from_millis(1600));
+        assert_eq!(backoff(100), Duration::from_secs(30));
+        assert_eq!(backoff(0), Duration::from_millis(200));
+    }
+}

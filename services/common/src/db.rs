@@ -1,0 +1,192 @@
+//! Database access shared by every service: one sea-orm connection to SQLite (default,
+//! a file under ./var) or PostgreSQL (production), migrations, and error classification.
+//!
+//! SQLite notes: WAL journal and a long busy timeout let several processes share one file
+//! (two parking-lot replicas in tests). Transactions here start with a write, so SQLite
+//! takes its write lock first and never has to upgrade a read lock mid-transaction.
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm_migration::prelude::*;
+use std::time::Duration;
+
+/// Opening a database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create the folder for the SQLite file {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] DbErr),
+    #[error("migrations failed: {0}")]
+    Migrate(#[source] DbErr),
+}
+
+/// Connects, creating the SQLite file and its folder when needed.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
+    let sqlite = url.starts_with("sqlite:");
+    if sqlite {
+        if let Some(folder) = sqlite_folder(url) {
+            std::fs::create_dir_all(&folder).map_err(|source| DbError::Folder {
+                path: folder.clone(),
+                source,
+            })?;
+        }
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30));
+    if sqlite {
+        options.max_connections(4).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(30))
+                .create_if_missing(true)
+        });
+    } else {
+        options.max_connections(10);
+    }
+    Database::connect(options).await.map_err(DbError::Connect)
+}
+
+/// Connects and brings the schema up to date.
+pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbError> {
+    let db = connect(url).await?;
+    // Replicas starting together may race on the schema; the loser sees the winner's
+    // tables on its next try (every migration is idempotent).
+    let mut attempt = 0;
+    loop {
+        match M::up(&db, None).await {
+            Ok(()) => return Ok(db),
+            Err(err) if attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(%err, attempt, "migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(err) => return Err(DbError::Migrate(err)),
+        }
+    }
+}
+
+fn sqlite_folder(url: &str) -> Option<String> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let parent = std::path::Path::new(path).parent()?;
+    let parent = parent.to_str()?;
+    (!parent.is_empty()).then(|| parent.to_owned())
+}
+
+/// True when the statement broke a unique constraint (a duplicate).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Runs a statement that only PostgreSQL and SQLite both understand verbatim
+/// (partial indexes), as migrations need now and then.
+pub async fn execute_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    manager.get_connection().execute_unprepared(sql).await.map(|_| ())
+}
+
+/// The migrations of the tables every service has: the outbox and the inbox.
+pub fn shared_migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![Box::new(CreateOutboxAndInbox)]
+}
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    EventId,
+    Subject,
+    Payload,
+    Traceparent,
+    CreatedAt,
+    SentAt,
+}
+
+#[derive(DeriveIden)]
+enum ProcessedEvents {
+    Table,
+    Consumer,
+    EventId,
+    ProcessedAt,
+}
+
+struct CreateOutboxAndInbox;
+
+impl MigrationName for CreateOutboxAndInbox {
+    fn name(&self) -> &str {
+        "m0001_common_outbox_and_inbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateOutboxAndInbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Outbox::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Outbox::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Outbox::EventId).string().not_null().unique_key())
+                    .col(ColumnDef::new(Outbox::Subject).string().not_null())
+                    .col(ColumnDef::new(Outbox::Payload).blob().not_null())
+                    .col(ColumnDef::new(Outbox::Traceparent).string().null())
+                    .col(ColumnDef::new(Outbox::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Outbox::SentAt).timestamp_with_time_zone().null())
+                    .to_owned(),
+            )
+            .await?;
+        // The relay only ever reads unsent rows in id order.
+        execute_sql(
+            manager,
+            "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (id) WHERE sent_at IS NULL",
+        )
+        .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(ProcessedEvents::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(ProcessedEvents::Consumer).string().not_null())
+                    .col(ColumnDef::new(ProcessedEvents::EventId).string().not_null())
+                    .col(
+                        ColumnDef::new(ProcessedEvents::ProcessedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .primary_key(
+                        Index::create()
+                            .col(ProcessedEvents::Consumer)
+                            .col(ProcessedEvents::EventId),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_sqlite_folder() {
+        assert_eq!(sqlite_folder("sqlite://var/a.db?mode=rwc").as_deref(), Some("var"));
+        assert_eq!(sqlite_folder("sqlite:///tmp/x/a.db").as_deref(), Some("/tmp/x"));
+        assert_eq!(sqlite_folder("sqlite::memory:"), None);
+        assert_eq!(sqlite_folder("sqlite://a.db"), None);
+    }
+}

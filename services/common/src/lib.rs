@@ -1,0 +1,31 @@
+//! What every parking-mesh service does the same way, so no service copies it.
+//!
+//! - [`config`]: the command-line / environment settings every service shares.
+//! - [`db`]: connecting to SQLite or PostgreSQL through sea-orm and running migrations,
+//!   plus the outbox and inbox tables every service carries.
+//! - [`events`]: the event envelope, subjects and stream names on JetStream.
+//! - [`outbox`]: the transactional outbox and the relay that publishes it.
+//! - [`inbox`]: processed-event ids, written in the same transaction as a handler's effect.
+//! - [`nats`]: connecting to JetStream and declaring streams.
+//! - [`consumer`]: durable pull consumers shared by replicas, with retry back-off.
+//! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
+//! - [`calendar`]: calendar days in the car park's time zone and the booking window.
+//! - [`paging`]: page sizes and page tokens for list calls.
+//! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
+//! - [`telemetry`]: logging set-up.
+#![forbid(unsafe_code)]
+
+pub mod calendar;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod events;
+pub mod grpc;
+pub mod inbox;
+pub mod nats;
+pub mod outbox;
+pub mod paging;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use parking_proto::v1 as pb;

@@ -1,0 +1,50 @@
+//! Connecting to NATS JetStream and declaring the streams. A service starts even while
+//! NATS is down (the core takes applications 24/7): the client connects in the
+//! background, and the relay and consumers retry until it is there.
+
+use crate::events::EventContext;
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// A JetStream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("cannot declare stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: jetstream::context::CreateStreamError,
+    },
+}
+
+/// A JetStream context on a client that keeps reconnecting by itself.
+pub async fn connect(url: &str, name: &str) -> Result<jetstream::Context, NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    Ok(jetstream::new(client))
+}
+
+/// Declares the stream of `context` (or finds it). Every side may declare it, so a
+/// consumer started before its publisher still finds its stream.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    namespace: &str,
+    context: EventContext,
+) -> Result<stream::Stream, NatsError> {
+    let name = context.stream(namespace);
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![context.stream_subjects(namespace)],
+        storage: stream::StorageType::File,
+        // The window in which JetStream drops a re-published event by its Nats-Msg-Id.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| NatsError::Stream { stream: name, source })
+}

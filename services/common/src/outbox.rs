@@ -1,0 +1,250 @@
+//! The transactional outbox. A use case writes its aggregate change and its event row in
+//! one database transaction ([`Outbox::stage`]); after commit it wakes the [`Relay`]
+//! ([`Outbox::committed`]), which publishes unsent rows to JetStream with
+//! `Nats-Msg-Id = event_id` and marks them sent. A crash between commit and publish loses
+//! nothing: the row is still unsent at restart. A crash between publish and marking
+//! re-publishes, and JetStream drops the duplicate by its message id.
+//!
+//! The relay keeps a whole batch of publish acks in flight and marks the batch sent in one
+//! statement: awaiting each ack in turn is more than ten times slower.
+
+use crate::events::{self, EventContext};
+use crate::pb::EventEnvelope;
+use async_nats::jetstream::{self, message::PublishMessage};
+use prost::Message;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, QueryOrder, QuerySelect};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One event waiting to be (or already) published.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "outbox")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// Also the Nats-Msg-Id, so JetStream de-duplicates a re-publish.
+    #[sea_orm(unique)]
+    pub event_id: String,
+    pub subject: String,
+    /// The encoded EventEnvelope.
+    pub payload: Vec<u8>,
+    /// W3C trace context of the use case, sent as a NATS header.
+    pub traceparent: Option<String>,
+    pub created_at: DateTimeUtc,
+    /// Null until JetStream acknowledged the publish.
+    pub sent_at: Option<DateTimeUtc>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Rows published per round; also the publish acks kept in flight.
+const BATCH: u64 = 256;
+/// How long sent rows are kept for inspection before they are purged.
+const KEEP_SENT: Duration = Duration::from_secs(3600);
+
+/// The write side of the outbox, cloned into every use case of a service.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    /// Subject prefix of this deployment.
+    namespace: Arc<str>,
+    /// Wakes the relay after a commit, so events go out at once instead of at the next poll.
+    committed: Arc<Notify>,
+}
+
+impl Outbox {
+    /// An outbox publishing under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            committed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The namespace events are published under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Writes the event row; call inside the use case's transaction.
+    pub async fn stage<C: ConnectionTrait>(&self, db: &C, envelope: &EventEnvelope) -> Result<(), DbErr> {
+        let Some(payload) = envelope.payload.as_ref() else {
+            return Err(DbErr::Custom("an event without payload cannot be staged".into()));
+        };
+        let (name, context) = events::describe(payload);
+        let row = ActiveModel {
+            id: NotSet,
+            event_id: Set(envelope.event_id.clone()),
+            subject: Set(context.subject(&self.namespace, name)),
+            payload: Set(envelope.encode_to_vec()),
+            traceparent: Set((!envelope.traceparent.is_empty()).then(|| envelope.traceparent.clone())),
+            created_at: Set(chrono::Utc::now()),
+            sent_at: Set(None),
+        };
+        Entity::insert(row).exec_without_returning(db).await?;
+        Ok(())
+    }
+
+    /// Tells the relay that staged rows were committed.
+    pub fn committed(&self) {
+        self.committed.notify_one();
+    }
+
+    /// The relay of this outbox, publishing the events of `context`.
+    pub fn relay(&self, db: DatabaseConnection, js: jetstream::Context, context: EventContext) -> Relay {
+        Relay {
+            outbox: self.clone(),
+            db,
+            js,
+            context,
+        }
+    }
+}
+
+/// Publishes committed outbox rows to JetStream.
+pub struct Relay {
+    outbox: Outbox,
+    db: DatabaseConnection,
+    js: jetstream::Context,
+    /// The context whose stream the rows go to (declared before the first publish).
+    context: EventContext,
+}
+
+impl Relay {
+    /// Runs until `shutdown`, then publishes what is left once more (bounded in time).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut stream_ready = false;
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            let round = async {
+                if !stream_ready {
+                    crate::nats::ensure_stream(&self.js, &self.outbox.namespace, self.context)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    stream_ready = true;
+                }
+                self.drain().await
+            };
+            let wait = match tokio::select! {
+                r = round => Some(r),
+                _ = shutdown.cancelled() => None,
+            } {
+                None => break,
+                Some(Ok(published)) => {
+                    failures = 0;
+                    if published > 0 {
+                        tracing::debug!(published, "outbox relayed");
+                    }
+                    if last_purge.elapsed() > Duration::from_secs(600) {
+                        self.purge_sent().await;
+                        last_purge = tokio::time::Instant::now();
+                    }
+                    // A poll now and then also picks up rows a replica sharing the
+                    // database committed (its notify does not reach us).
+                    Duration::from_secs(1)
+                }
+                Some(Err(error)) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = Duration::from_millis(100 << failures.min(6));
+                    tracing::warn!(%error, ?backoff, "outbox relay could not publish, retrying");
+                    backoff
+                }
+            };
+            tokio::select! {
+                _ = self.outbox.committed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Last flush: what was committed before the signal goes out now if NATS is there.
+        match tokio::time::timeout(Duration::from_secs(5), self.drain()).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(published = n, "outbox flushed at shutdown"),
+            Ok(Err(error)) => tracing::warn!(%error, "outbox rows left unsent at shutdown; they go out at the next start"),
+            Err(_) => tracing::warn!("outbox flush timed out; rows go out at the next start"),
+            _ => {}
+        }
+    }
+
+    /// Publishes every unsent row, a batch at a time. Returns how many went out.
+    async fn drain(&self) -> Result<usize, String> {
+        let mut total = 0;
+        loop {
+            let rows = Entity::find()
+                .filter(Column::SentAt.is_null())
+                .order_by_asc(Column::Id)
+                .limit(BATCH)
+                .all(&self.db)
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let full = rows.len() as u64 == BATCH;
+            let mut acks = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(tp) = &row.traceparent {
+                    headers.insert("traceparent", tp.as_str());
+                }
+                let publish = PublishMessage::build()
+                    .payload(row.payload.clone().into())
+                    .message_id(row.event_id.as_str())
+                    .headers(headers);
+                match self.js.send_publish(row.subject.clone(), publish).await {
+                    Ok(ack) => acks.push((row.id, ack)),
+                    Err(e) => {
+                        // Keep order: stop at the first failure, mark what went out.
+                        tracing::warn!(error = %e, event_id = %row.event_id, "publish failed");
+                        break;
+                    }
+                }
+            }
+            let attempted = acks.len();
+            let mut sent = Vec::with_capacity(attempted);
+            for (id, ack) in acks {
+                match ack.await {
+                    Ok(_) => sent.push(id),
+                    Err(e) => tracing::warn!(error = %e, id, "publish not acknowledged"),
+                }
+            }
+            if !sent.is_empty() {
+                Entity::update_many()
+                    .col_expr(Column::SentAt, Expr::value(chrono::Utc::now()))
+                    .filter(Column::Id.is_in(sent.clone()))
+                    .exec(&self.db)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            total += sent.len();
+            if sent.len() < rows.len() {
+                return Err(format!("{} of {} events not published", rows.len() - sent.len(), rows.len()));
+            }
+            if !full {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn purge_sent(&self) {
+        let Ok(keep) = chrono::Duration::from_std(KEEP_SENT) else { return };
+        let cutoff = chrono::Utc::now() - keep;
+        if let Err(error) = Entity::delete_many()
+            .filter(Column::SentAt.lt(cutoff))
+            .exec(&self.db)
+            .await
+        {
+            tracing::warn!(%error, "cannot purge sent outbox rows");
+        }
+    }
+}
+
+/// Unsent rows, for health and tests.
+pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
+    Entity::find().filter(Column::SentAt.is_null()).count(db).await
+}
