@@ -11,6 +11,7 @@
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
 //! - [`paging`]: page sizes and page tokens for list calls.
+//! - [`runtime`]: background tasks beside the server, and start-up errors.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 //! - [`telemetry`]: logging set-up.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod inbox;
 pub mod nats;
 pub mod outbox;
 pub mod paging;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,0 +1,117 @@
+//! The inbound gRPC adapter: `parking.v1.TicketReservationService`.
+
+use crate::domain::{Application, ReservationState};
+use crate::store::{Cancelled, Reserved, Store, TicketReservation};
+use parking_common::calendar::{format_day, Calendar};
+use parking_common::grpc::{db_status, positive_id};
+use parking_common::paging::Page;
+use parking_common::pb;
+use tonic::{Request, Response, Status};
+
+/// Serves TicketReservationService over a [`Store`].
+pub struct Api {
+    pub store: Store,
+    pub calendar: Calendar,
+}
+
+fn to_pb(r: TicketReservation) -> pb::TicketReservation {
+    let state = match r.state {
+        ReservationState::Requested => pb::ReservationState::Requested,
+        ReservationState::Confirmed => pb::ReservationState::Confirmed,
+        ReservationState::Rejected => pb::ReservationState::Rejected,
+        ReservationState::Canceled => pb::ReservationState::Canceled,
+    };
+    pb::TicketReservation {
+        id: r.id,
+        member_id: r.member_id,
+        reservation_date: format_day(r.date),
+        state: state.into(),
+        request_id: r.request_id.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ticket_reservation_service_server::TicketReservationService for Api {
+    async fn reserve_ticket(
+        &self,
+        request: Request<pb::ReserveTicketRequest>,
+    ) -> Result<Response<pb::TicketReservation>, Status> {
+        let req = request.into_inner();
+        let date = self
+            .calendar
+            .bookable_day("reservation_date", &req.reservation_date)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let app = Application::new(req.member_id, date, &req.request_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.store.reserve(&app).await.map_err(|e| db_status("ReserveTicket", e))? {
+            Reserved::New(r) => {
+                tracing::info!(reservation_id = r.id, member_id = r.member_id, date = %r.date, "ticket reserved");
+                Ok(Response::new(to_pb(r)))
+            }
+            Reserved::Replayed(r) => Ok(Response::new(to_pb(r))),
+            Reserved::RequestIdReused(first) => Err(Status::already_exists(format!(
+                "request_id {:?} was already used for reservation {} on {}; use a new request_id for a new application",
+                first.request_id.unwrap_or_default(),
+                first.id,
+                first.date
+            ))),
+            Reserved::MemberHoldsDay => Err(Status::already_exists(format!(
+                "member {} already holds a ticket application for {}; a member holds one ticket per day",
+                app.member_id, app.date
+            ))),
+        }
+    }
+
+    async fn cancel_reservation(
+        &self,
+        request: Request<pb::CancelReservationRequest>,
+    ) -> Result<Response<pb::TicketReservation>, Status> {
+        let id = positive_id("id", request.into_inner().id)?;
+        match self.store.cancel(id).await.map_err(|e| db_status("CancelReservation", e))? {
+            Cancelled::Now(r) => {
+                tracing::info!(reservation_id = id, "reservation canceled");
+                Ok(Response::new(to_pb(TicketReservation {
+                    state: ReservationState::Canceled,
+                    ..r
+                })))
+            }
+            Cancelled::AlreadyCanceled => Err(Status::failed_precondition(format!(
+                "reservation {id} is already canceled"
+            ))),
+            Cancelled::NotFound => Err(Status::not_found(format!("no reservation with id {id}"))),
+        }
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::TicketReservation>, Status> {
+        let id = positive_id("id", request.into_inner().id)?;
+        match self.store.get(id).await.map_err(|e| db_status("GetReservation", e))? {
+            Some(r) => Ok(Response::new(to_pb(r))),
+            None => Err(Status::not_found(format!("no reservation with id {id}"))),
+        }
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let req = request.into_inner();
+        let member = match req.member_id {
+            0 => None,
+            id => Some(positive_id("member_id", id)?),
+        };
+        let page = Page::from_request(req.page_size, &req.page_token)?;
+        let rows = self
+            .store
+            .list(member, page)
+            .await
+            .map_err(|e| db_status("ListReservations", e))?;
+        let next_page_token = page.next_token(rows.len(), rows.last().map(|r| r.id));
+        Ok(Response::new(pb::ListReservationsResponse {
+            reservations: rows.into_iter().map(to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}
