@@ -1,0 +1,124 @@
+//! ParkingLot, a supporting context: the daily quota (the seed's maxparking) and the
+//! allocation of numbered spaces; the cancel saga's compensation with TicketDelivery.
+//!
+//! - [`domain`]: allocation rules (pure).
+//! - [`migration`]: the schema.
+//! - [`store`]: quota and allocations in sea-orm; events through the outbox.
+//! - [`delivery`]: the outbound port to TicketDelivery.CancelDelivery.
+//! - [`policy`]: allocate on TicketReserved, vacate on TicketReservationCanceled.
+//! - [`api`]: the gRPC adapter.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod delivery;
+pub mod domain;
+pub mod migration;
+pub mod policy;
+pub mod store;
+
+use parking_common::config::{redact_url, CalendarArgs, EventArgs};
+use parking_common::events::EventContext;
+use parking_common::outbox::Outbox;
+use parking_common::pb::parking_lot_service_server::ParkingLotServiceServer;
+use parking_common::runtime::{Background, StartError};
+use parking_common::{consumer, db, grpc, nats};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Configuration of the parking-lot service.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "parking-lot", version, about = "ParkingLot service (parking.v1.ParkingLotService)")]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    pub listen: SocketAddr,
+    /// sea-orm database URL (sqlite://… or postgres://…).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://var/parking-lot.db?mode=rwc")]
+    pub database_url: String,
+    /// Spaces per day unless SetDailyCapacity says otherwise (the seed's maxparking).
+    #[arg(long, env = "MAX_PARKING", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_parking: i32,
+    /// TicketDelivery's gRPC address.
+    #[arg(long, env = "DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
+    pub delivery_url: String,
+    /// Deadline of one CancelDelivery call, in milliseconds.
+    #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 2000)]
+    pub delivery_timeout_ms: u64,
+    #[command(flatten)]
+    pub events: EventArgs,
+    #[command(flatten)]
+    pub calendar: CalendarArgs,
+}
+
+/// Parking-lot could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("DELIVERY_URL {url:?} is not a usable address: {source}")]
+    DeliveryUrl {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Runs the service until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    tracing::info!(
+        listen = %config.listen,
+        database = %redact_url(&config.database_url),
+        nats = %redact_url(&config.events.nats_url),
+        namespace = %config.events.event_namespace,
+        max_parking = config.max_parking,
+        delivery = %config.delivery_url,
+        delivery_timeout_ms = config.delivery_timeout_ms,
+        "starting parking-lot"
+    );
+    let delivery = delivery::GrpcDelivery::new(&config.delivery_url, Duration::from_millis(config.delivery_timeout_ms))
+        .map_err(|source| Error::DeliveryUrl {
+            url: config.delivery_url.clone(),
+            source,
+        })?;
+    let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url)
+        .await
+        .map_err(StartError::from)?;
+    let listener = grpc::bind(config.listen).await.map_err(StartError::from)?;
+    let js = nats::connect(&config.events.nats_url, "parking-lot")
+        .await
+        .map_err(StartError::from)?;
+    let outbox = Outbox::new(&config.events.event_namespace);
+    let store = store::Store::new(db.clone(), outbox.clone(), config.max_parking);
+
+    let mut background = Background::new(shutdown.clone());
+    background.spawn(outbox.relay(db, js.clone(), EventContext::ParkingLot).run(shutdown.clone()));
+    let ns = config.events.event_namespace.clone();
+    let concurrency = config.events.consumer_concurrency;
+    background.spawn(consumer::run(
+        js.clone(),
+        ns.clone(),
+        policy::Allocate::subscription(),
+        Arc::new(policy::Allocate { store: store.clone() }),
+        concurrency,
+        shutdown.clone(),
+    ));
+    background.spawn(consumer::run(
+        js,
+        ns,
+        policy::Vacate::subscription(),
+        Arc::new(policy::Vacate {
+            store: store.clone(),
+            delivery: Arc::new(delivery),
+        }),
+        concurrency,
+        shutdown.clone(),
+    ));
+    let api = api::Api {
+        store,
+        calendar: config.calendar.calendar(),
+    };
+    let served = grpc::serve(listener, ParkingLotServiceServer::new(api), shutdown).await;
+    background.stop().await;
+    served.map_err(|e| Error::Start(e.into()))
+}

@@ -1,0 +1,91 @@
+//! The schema of the ParkingLot context (plus the shared outbox and inbox).
+
+use parking_common::db;
+use sea_orm_migration::prelude::*;
+
+/// The schema of this context.
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = db::shared_migrations();
+        all.push(Box::new(CreateQuotaAndAllocations));
+        all
+    }
+}
+
+#[derive(DeriveIden)]
+enum DailyQuota {
+    Table,
+    Date,
+    Capacity,
+    Occupied,
+}
+
+#[derive(DeriveIden)]
+enum Allocations {
+    Table,
+    Id,
+    ReservationId,
+    MemberId,
+    ReservationDate,
+    SpaceNumber,
+    State,
+    CreatedAt,
+    UpdatedAt,
+}
+
+struct CreateQuotaAndAllocations;
+
+impl MigrationName for CreateQuotaAndAllocations {
+    fn name(&self) -> &str {
+        "m0002_parking_lot_quota_and_allocations"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateQuotaAndAllocations {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(DailyQuota::Table)
+                    .if_not_exists()
+                    .col(ColumnDef::new(DailyQuota::Date).string_len(10).not_null().primary_key())
+                    // Null: the configured default (MAX_PARKING) applies.
+                    .col(ColumnDef::new(DailyQuota::Capacity).integer().null())
+                    .col(ColumnDef::new(DailyQuota::Occupied).integer().not_null().default(0))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Allocations::Table)
+                    .if_not_exists()
+                    .col(
+                        ColumnDef::new(Allocations::Id)
+                            .big_integer()
+                            .not_null()
+                            .auto_increment()
+                            .primary_key(),
+                    )
+                    .col(ColumnDef::new(Allocations::ReservationId).big_integer().not_null().unique_key())
+                    .col(ColumnDef::new(Allocations::MemberId).big_integer().not_null())
+                    .col(ColumnDef::new(Allocations::ReservationDate).string_len(10).not_null())
+                    .col(ColumnDef::new(Allocations::SpaceNumber).integer().null())
+                    .col(ColumnDef::new(Allocations::State).string_len(32).not_null())
+                    .col(ColumnDef::new(Allocations::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Allocations::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        // Belt and braces under the quota counter: one occupant per space per day.
+        db::execute_sql(
+            manager,
+            "CREATE UNIQUE INDEX IF NOT EXISTS allocations_one_per_space \
+             ON allocations (reservation_date, space_number) WHERE state = 'OCCUPIED'",
+        )
+        .await
+    }
+}
