@@ -1,0 +1,257 @@
+//! The storage port of TicketDelivery and its sea-orm adapter.
+
+use crate::domain::{ship, DeliveryState, Ship, CANCELLABLE};
+use parking_common::consumer::HandleError;
+use parking_common::events::envelope;
+use parking_common::inbox;
+use parking_common::outbox::Outbox;
+use parking_common::paging::Page;
+use parking_common::pb::event_envelope::Payload;
+use parking_common::pb::{DeliveryCanceled, DeliveryRequested, Shipped};
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, DatabaseTransaction, QueryOrder, QuerySelect, TransactionTrait};
+
+mod entity {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(unique)]
+        pub reservation_id: i64,
+        /// 0 while only a cancellation is known.
+        pub member_id: i64,
+        /// Empty while only a cancellation is known.
+        pub reservation_date: String,
+        pub space_number: i32,
+        pub state: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+use entity::{ActiveModel, Column, Entity};
+
+/// A delivery order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketDelivery {
+    pub id: i64,
+    pub reservation_id: i64,
+    pub member_id: i64,
+    pub reservation_date: String,
+    pub space_number: i32,
+    pub state: DeliveryState,
+}
+
+fn to_domain(m: entity::Model) -> Result<TicketDelivery, DbErr> {
+    let state = DeliveryState::parse(&m.state)
+        .ok_or_else(|| DbErr::Custom(format!("delivery {} has unknown state {:?}", m.id, m.state)))?;
+    Ok(TicketDelivery {
+        id: m.id,
+        reservation_id: m.reservation_id,
+        member_id: m.member_id,
+        reservation_date: m.reservation_date,
+        space_number: m.space_number,
+        state,
+    })
+}
+
+/// What ShipTicket did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shipping {
+    Done(TicketDelivery),
+    Refused(TicketDelivery),
+    NotFound,
+}
+
+/// A new order's details, from Occupied.
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub reservation_id: i64,
+    pub member_id: i64,
+    pub reservation_date: String,
+    pub space_number: i32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    outbox: Outbox,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
+        Self { db, outbox }
+    }
+
+    /// Inserts an order unless one (or a recorded cancellation) exists; true if inserted.
+    async fn insert_once(txn: &DatabaseTransaction, order: &Order, state: DeliveryState) -> Result<bool, DbErr> {
+        let now = chrono::Utc::now();
+        let inserted = Entity::insert(ActiveModel {
+            id: NotSet,
+            reservation_id: Set(order.reservation_id),
+            member_id: Set(order.member_id),
+            reservation_date: Set(order.reservation_date.clone()),
+            space_number: Set(order.space_number),
+            state: Set(state.as_str().to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict(OnConflict::column(Column::ReservationId).do_nothing().to_owned())
+        .exec_without_returning(txn)
+        .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn by_reservation<C: ConnectionTrait>(db: &C, reservation_id: i64) -> Result<Option<TicketDelivery>, DbErr> {
+        Entity::find()
+            .filter(Column::ReservationId.eq(reservation_id))
+            .one(db)
+            .await?
+            .map(to_domain)
+            .transpose()
+    }
+
+    /// On Occupied: puts an order on the manager's list, once; a cancellation recorded
+    /// earlier keeps it off.
+    pub async fn request(&self, consumer: &str, event_id: &str, order: &Order) -> Result<(), HandleError> {
+        let txn = self.db.begin().await?;
+        if !inbox::first_time(&txn, consumer, event_id).await? {
+            txn.rollback().await?;
+            return Ok(());
+        }
+        if !Self::insert_once(&txn, order, DeliveryState::Requested).await? {
+            tracing::info!(reservation_id = order.reservation_id, "order exists or was cancelled first; nothing to request");
+            txn.commit().await?;
+            return Ok(());
+        }
+        let row = Self::by_reservation(&txn, order.reservation_id)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of reservation {}", order.reservation_id)))?;
+        let event = envelope(
+            order.reservation_id,
+            Payload::DeliveryRequested(DeliveryRequested {
+                reservation_id: order.reservation_id,
+                delivery_id: row.id,
+                member_id: order.member_id,
+                reservation_date: order.reservation_date.clone(),
+                space_number: order.space_number,
+            }),
+        );
+        self.outbox.stage(&txn, &event).await?;
+        txn.commit().await?;
+        self.outbox.committed();
+        tracing::info!(reservation_id = order.reservation_id, delivery_id = row.id, "delivery requested");
+        Ok(())
+    }
+
+    /// Cancels a reservation's delivery; idempotent. Without an order yet, records the
+    /// cancellation so a late Occupied creates none.
+    pub async fn cancel(&self, reservation_id: i64) -> Result<TicketDelivery, DbErr> {
+        let txn = self.db.begin().await?;
+        let changed = Entity::update_many()
+            .col_expr(Column::State, Expr::value(DeliveryState::Canceled.as_str()))
+            .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
+            .filter(Column::ReservationId.eq(reservation_id))
+            .filter(Column::State.is_in(CANCELLABLE.map(|s| s.as_str())))
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        let recorded = !changed
+            && Self::insert_once(
+                &txn,
+                &Order {
+                    reservation_id,
+                    member_id: 0,
+                    reservation_date: String::new(),
+                    space_number: 0,
+                },
+                DeliveryState::Canceled,
+            )
+            .await?;
+        let row = Self::by_reservation(&txn, reservation_id)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of reservation {reservation_id}")))?;
+        if changed || recorded {
+            let event = envelope(
+                reservation_id,
+                Payload::DeliveryCanceled(DeliveryCanceled {
+                    reservation_id,
+                    delivery_id: row.id,
+                }),
+            );
+            self.outbox.stage(&txn, &event).await?;
+        }
+        txn.commit().await?;
+        if changed || recorded {
+            self.outbox.committed();
+            tracing::info!(reservation_id, delivery_id = row.id, recorded_first = recorded, "delivery canceled");
+        }
+        Ok(row)
+    }
+
+    /// The manager hands the ticket over.
+    pub async fn ship(&self, delivery_id: i64) -> Result<Shipping, DbErr> {
+        let txn = self.db.begin().await?;
+        let shipped = Entity::update_many()
+            .col_expr(Column::State, Expr::value(DeliveryState::Shipped.as_str()))
+            .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
+            .filter(Column::Id.eq(delivery_id))
+            .filter(Column::State.eq(DeliveryState::Requested.as_str()))
+            .exec(&txn)
+            .await?
+            .rows_affected
+            == 1;
+        let Some(row) = Entity::find_by_id(delivery_id).one(&txn).await? else {
+            txn.rollback().await?;
+            return Ok(Shipping::NotFound);
+        };
+        let row = to_domain(row)?;
+        if shipped {
+            let event = envelope(
+                row.reservation_id,
+                Payload::Shipped(Shipped {
+                    reservation_id: row.reservation_id,
+                    delivery_id,
+                }),
+            );
+            self.outbox.stage(&txn, &event).await?;
+            txn.commit().await?;
+            self.outbox.committed();
+            tracing::info!(delivery_id, reservation_id = row.reservation_id, "ticket shipped");
+            return Ok(Shipping::Done(row));
+        }
+        txn.rollback().await?;
+        Ok(match ship(row.state) {
+            Ship::Refused => Shipping::Refused(row),
+            Ship::Now | Ship::Already => Shipping::Done(row),
+        })
+    }
+
+    /// The manager's list, oldest first.
+    pub async fn list(&self, date: Option<&str>, state: Option<DeliveryState>, page: Page) -> Result<Vec<TicketDelivery>, DbErr> {
+        let mut query = Entity::find().filter(Column::Id.gt(page.after_id));
+        if let Some(date) = date {
+            query = query.filter(Column::ReservationDate.eq(date));
+        }
+        if let Some(state) = state {
+            query = query.filter(Column::State.eq(state.as_str()));
+        }
+        query
+            .order_by_asc(Column::Id)
+            .limit(page.size)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_domain)
+            .collect()
+    }
+}
