@@ -1,0 +1,460 @@
+//! A test harness that runs the real service binaries as separate processes, each on its
+//! own port, against a real NATS JetStream and a real database (SQLite files in a temp
+//! folder, or fresh PostgreSQL databases), and talks to them over gRPC sockets.
+//!
+//! Isolation: every cluster has its own event namespace (so its own streams and
+//! subjects), its own databases and its own folder; all are removed when it is dropped,
+//! even when the test panics (then the service logs are printed first).
+//!
+//! The binaries must be built first (`cargo build --bins`; `make test` does it).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)] // a test harness: a failed set-up should fail loudly
+
+use async_nats::jetstream;
+use chrono::NaiveDate;
+use futures::StreamExt;
+use parking_proto::v1 as pb;
+use prost::Message;
+use sea_orm::{ConnectionTrait, Database};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+pub use pb::event_envelope::Payload;
+
+/// The database the services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One of the four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Svc {
+    Reservation,
+    ParkingLot,
+    Delivery,
+    Status,
+}
+
+impl Svc {
+    pub const ALL: [Svc; 4] = [Svc::Reservation, Svc::ParkingLot, Svc::Delivery, Svc::Status];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            Svc::Reservation => "reservation",
+            Svc::ParkingLot => "parking-lot",
+            Svc::Delivery => "delivery",
+            Svc::Status => "status",
+        }
+    }
+}
+
+/// NATS for tests: NATS_URL or the local default.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// PostgreSQL for tests: an admin URL whose server may create databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PARKING_BIN_DIR") {
+        return dir.into();
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// A free TCP port on loopback (bound, then released for the service to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Today in the car park's default time zone, and days after it.
+pub fn day(offset: u64) -> String {
+    let today: NaiveDate = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul).date_naive();
+    (today + chrono::Days::new(offset)).format("%Y-%m-%d").to_string()
+}
+
+/// Options of a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_parking: i32,
+    /// Deadline of parking-lot's CancelDelivery call.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_parking: 5,
+            delivery_timeout_ms: 1000,
+        }
+    }
+}
+
+/// The four services (and any extra replicas) of one test.
+pub struct Cluster {
+    pub backend: Backend,
+    /// Event namespace: subjects `<ns>.<context>.<Event>`, streams `<NS>_<CONTEXT>`.
+    pub namespace: String,
+    pub options: Options,
+    folder: PathBuf,
+    ports: HashMap<Svc, u16>,
+    databases: HashMap<Svc, String>,
+    pg_databases: Vec<String>,
+    processes: Vec<(Svc, Child)>,
+    started: usize,
+    pub js: jetstream::Context,
+}
+
+impl Cluster {
+    /// Starts all four services and waits until each answers its health check.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> Self {
+        let mut cluster = Self::prepare(backend, options).await;
+        for svc in Svc::ALL {
+            cluster.start_service(svc).await;
+        }
+        cluster
+    }
+
+    /// Sets up namespace, ports and databases without starting anything.
+    pub async fn prepare(backend: Backend, options: Options) -> Self {
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let folder = std::env::temp_dir().join(format!("parking-e2e-{namespace}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut databases = HashMap::new();
+        let mut pg_databases = Vec::new();
+        for svc in Svc::ALL {
+            let url = match backend {
+                Backend::Sqlite => format!("sqlite://{}/{}.db?mode=rwc", folder.display(), svc.binary()),
+                Backend::Postgres => {
+                    let name = format!("pm_{namespace}_{}", svc.binary().replace('-', "_"));
+                    let admin = Database::connect(postgres_admin_url())
+                        .await
+                        .expect("PostgreSQL must be running for the postgres tests (TEST_POSTGRES_URL)");
+                    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                    admin.close().await.ok();
+                    pg_databases.push(name.clone());
+                    let admin_url = postgres_admin_url();
+                    let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+                    format!("{base}/{name}")
+                }
+            };
+            databases.insert(svc, url);
+        }
+        let ports = Svc::ALL.into_iter().map(|s| (s, free_port())).collect();
+        let client = async_nats::connect(nats_url()).await.expect("NATS must be running (NATS_URL)");
+        Self {
+            backend,
+            namespace,
+            options,
+            folder,
+            ports,
+            databases,
+            pg_databases,
+            processes: Vec::new(),
+            started: 0,
+            js: jetstream::new(client),
+        }
+    }
+
+    pub fn port(&self, svc: Svc) -> u16 {
+        self.ports[&svc]
+    }
+
+    pub fn database_url(&self, svc: Svc) -> &str {
+        &self.databases[&svc]
+    }
+
+    fn command(&self, svc: Svc, port: u16, nats: &str) -> Command {
+        let bin = bin_dir().join(svc.binary());
+        assert!(
+            bin.exists(),
+            "{} not found: build the services first (cargo build --bins, as make test does)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,async_nats=warn")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", self.database_url(svc))
+            .env("NATS_URL", nats)
+            .env("EVENT_NAMESPACE", &self.namespace)
+            .env("MAX_PARKING", self.options.max_parking.to_string())
+            .env("DELIVERY_URL", format!("http://127.0.0.1:{}", self.port(Svc::Delivery)))
+            .env("DELIVERY_TIMEOUT_MS", self.options.delivery_timeout_ms.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts (another process of) a service on its port, waiting until it is healthy.
+    pub async fn start_service(&mut self, svc: Svc) {
+        let port = self.port(svc);
+        self.spawn(svc, port, &nats_url()).await;
+    }
+
+    /// Starts an extra replica of a service on a port of its own (sharing its database).
+    pub async fn start_replica(&mut self, svc: Svc) -> u16 {
+        let port = free_port();
+        self.spawn(svc, port, &nats_url()).await;
+        port
+    }
+
+    /// Starts a service that cannot reach NATS (a port where nothing listens).
+    pub async fn start_without_nats(&mut self, svc: Svc) {
+        let port = self.port(svc);
+        let nowhere = format!("nats://127.0.0.1:{}", free_port());
+        self.spawn(svc, port, &nowhere).await;
+    }
+
+    async fn spawn(&mut self, svc: Svc, port: u16, nats: &str) {
+        self.started += 1;
+        let log = self.folder.join(format!("{}-{}.log", svc.binary(), self.started));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(svc, port, nats)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        self.processes.push((svc, child));
+        wait_healthy(port).await.unwrap_or_else(|e| {
+            self.dump_logs();
+            panic!("{} did not become healthy on port {port}: {e}", svc.binary())
+        });
+    }
+
+    /// Stops every process of a service gracefully (SIGTERM) and waits for it.
+    pub async fn stop_service(&mut self, svc: Svc) {
+        self.stop_where(svc, "-TERM").await;
+    }
+
+    /// Kills every process of a service at once (SIGKILL): no shutdown work at all.
+    pub async fn kill_service(&mut self, svc: Svc) {
+        self.stop_where(svc, "-KILL").await;
+    }
+
+    async fn stop_where(&mut self, svc: Svc, signal: &str) {
+        let (matching, rest): (Vec<_>, Vec<_>) = self.processes.drain(..).partition(|(s, _)| *s == svc);
+        self.processes = rest;
+        for (_, mut child) in matching {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status();
+            }
+            match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+                Ok(status) => {
+                    let status = status.unwrap();
+                    if signal == "-TERM" {
+                        assert!(status.success(), "{} exited with {status} on SIGTERM", svc.binary());
+                    }
+                }
+                Err(_) => panic!("{} did not stop within 20 s of {signal}", svc.binary()),
+            }
+        }
+    }
+
+    async fn channel(&self, svc: Svc) -> Channel {
+        channel(self.port(svc)).await
+    }
+
+    pub async fn reservation(&self) -> pb::ticket_reservation_service_client::TicketReservationServiceClient<Channel> {
+        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(self.channel(Svc::Reservation).await)
+    }
+
+    pub async fn parking_lot(&self) -> pb::parking_lot_service_client::ParkingLotServiceClient<Channel> {
+        pb::parking_lot_service_client::ParkingLotServiceClient::new(self.channel(Svc::ParkingLot).await)
+    }
+
+    pub async fn delivery(&self) -> pb::ticket_delivery_service_client::TicketDeliveryServiceClient<Channel> {
+        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(self.channel(Svc::Delivery).await)
+    }
+
+    pub async fn status(&self) -> pb::reservation_status_service_client::ReservationStatusServiceClient<Channel> {
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(self.channel(Svc::Status).await)
+    }
+
+    /// Every event in a context's stream, in stream order: (subject, envelope).
+    pub async fn events(&self, context: &str) -> Vec<(String, pb::EventEnvelope)> {
+        let name = format!("{}_{}", self.namespace, context).to_ascii_uppercase();
+        let Ok(stream) = self.js.get_stream(&name).await else {
+            return Vec::new();
+        };
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let total = stream.get_info().await.unwrap().state.messages as usize;
+        let mut out = Vec::with_capacity(total);
+        if total == 0 {
+            return out;
+        }
+        let mut messages = consumer.messages().await.unwrap();
+        while out.len() < total {
+            let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("stream read timed out")
+                .unwrap()
+                .unwrap();
+            out.push((msg.subject.to_string(), pb::EventEnvelope::decode(msg.payload.as_ref()).unwrap()));
+        }
+        out
+    }
+
+    /// Publishes an envelope straight onto a context's stream (for ordering tests).
+    pub async fn publish(&self, context: &str, envelope: &pb::EventEnvelope, event_name: &str) {
+        let subject = format!("{}.{}.{}", self.namespace, context, event_name);
+        self.js
+            .publish(subject, envelope.encode_to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Prints the tail of every service log (on failure).
+    pub fn dump_logs(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.folder) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("===== {} (last {} lines) =====\n{}", path.display(), tail.len(), tail.join("\n"));
+            }
+        }
+    }
+
+    /// The text of every log of a service, for assertions on what it did.
+    pub fn logs_of(&self, svc: Svc) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.folder) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(&format!("{}-", svc.binary())) {
+                    all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            self.dump_logs();
+        }
+        for (_, child) in &mut self.processes {
+            let _ = child.start_kill();
+        }
+        // Clean up on a runtime of our own: Drop may run inside or outside one.
+        let namespace = self.namespace.clone();
+        let pg = std::mem::take(&mut self.pg_databases);
+        let mut children: Vec<Child> = self.processes.drain(..).map(|(_, c)| c).collect();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                for child in &mut children {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                }
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let js = jetstream::new(client);
+                    for context in ["reservation", "parkinglot", "delivery"] {
+                        let _ = js.delete_stream(format!("{namespace}_{context}").to_ascii_uppercase()).await;
+                    }
+                }
+                if !pg.is_empty() {
+                    if let Ok(admin) = Database::connect(postgres_admin_url()).await {
+                        for name in pg {
+                            let _ = admin
+                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .await;
+                        }
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+        if !failed {
+            let _ = std::fs::remove_dir_all(&self.folder);
+        } else {
+            eprintln!("service logs kept in {}", self.folder.display());
+        }
+    }
+}
+
+/// A channel to a local port.
+pub async fn channel(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()
+}
+
+/// Waits until `grpc.health.v1.Health/Check` answers SERVING.
+pub async fn wait_healthy(port: u16) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(port).await);
+        match health
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+        {
+            Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+                return Ok(())
+            }
+            Ok(r) => last = format!("status {:?}", r.get_ref().status),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+/// Retries `check` until it returns `Some` or `within` runs out.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Short helpers for requests.
+pub fn reserve(member_id: i64, date: &str) -> pb::ReserveTicketRequest {
+    pb::ReserveTicketRequest {
+        member_id,
+        reservation_date: date.to_owned(),
+        request_id: String::new(),
+    }
+}
