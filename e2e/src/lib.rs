@@ -44,7 +44,12 @@ pub enum Svc {
 }
 
 impl Svc {
-    pub const ALL: [Svc; 4] = [Svc::Reservation, Svc::ParkingLot, Svc::Delivery, Svc::Status];
+    pub const ALL: [Svc; 4] = [
+        Svc::Reservation,
+        Svc::ParkingLot,
+        Svc::Delivery,
+        Svc::Status,
+    ];
 
     pub fn binary(self) -> &'static str {
         match self {
@@ -63,7 +68,8 @@ pub fn nats_url() -> String {
 
 /// PostgreSQL for tests: an admin URL whose server may create databases.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn bin_dir() -> PathBuf {
@@ -77,13 +83,21 @@ fn bin_dir() -> PathBuf {
 
 /// A free TCP port on loopback (bound, then released for the service to take).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Today in the car park's default time zone, and days after it.
 pub fn day(offset: u64) -> String {
-    let today: NaiveDate = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Seoul).date_naive();
-    (today + chrono::Days::new(offset)).format("%Y-%m-%d").to_string()
+    let today: NaiveDate = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Seoul)
+        .date_naive();
+    (today + chrono::Days::new(offset))
+        .format("%Y-%m-%d")
+        .to_string()
 }
 
 /// Options of a cluster.
@@ -141,24 +155,34 @@ impl Cluster {
         let mut pg_databases = Vec::new();
         for svc in Svc::ALL {
             let url = match backend {
-                Backend::Sqlite => format!("sqlite://{}/{}.db?mode=rwc", folder.display(), svc.binary()),
+                Backend::Sqlite => {
+                    format!("sqlite://{}/{}.db?mode=rwc", folder.display(), svc.binary())
+                }
                 Backend::Postgres => {
                     let name = format!("pm_{namespace}_{}", svc.binary().replace('-', "_"));
-                    let admin = Database::connect(postgres_admin_url())
+                    let admin = Database::connect(postgres_admin_url()).await.expect(
+                        "PostgreSQL must be running for the postgres tests (TEST_POSTGRES_URL)",
+                    );
+                    admin
+                        .execute_unprepared(&format!("CREATE DATABASE {name}"))
                         .await
-                        .expect("PostgreSQL must be running for the postgres tests (TEST_POSTGRES_URL)");
-                    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                        .unwrap();
                     admin.close().await.ok();
                     pg_databases.push(name.clone());
                     let admin_url = postgres_admin_url();
-                    let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+                    let base = admin_url
+                        .rsplit_once('/')
+                        .map(|(b, _)| b.to_owned())
+                        .unwrap();
                     format!("{base}/{name}")
                 }
             };
             databases.insert(svc, url);
         }
         let ports = Svc::ALL.into_iter().map(|s| (s, free_port())).collect();
-        let client = async_nats::connect(nats_url()).await.expect("NATS must be running (NATS_URL)");
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS must be running (NATS_URL)");
         Self {
             backend,
             namespace,
@@ -197,8 +221,14 @@ impl Cluster {
             .env("NATS_URL", nats)
             .env("EVENT_NAMESPACE", &self.namespace)
             .env("MAX_PARKING", self.options.max_parking.to_string())
-            .env("DELIVERY_URL", format!("http://127.0.0.1:{}", self.port(Svc::Delivery)))
-            .env("DELIVERY_TIMEOUT_MS", self.options.delivery_timeout_ms.to_string())
+            .env(
+                "DELIVERY_URL",
+                format!("http://127.0.0.1:{}", self.port(Svc::Delivery)),
+            )
+            .env(
+                "DELIVERY_TIMEOUT_MS",
+                self.options.delivery_timeout_ms.to_string(),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
@@ -226,7 +256,9 @@ impl Cluster {
 
     async fn spawn(&mut self, svc: Svc, port: u16, nats: &str) {
         self.started += 1;
-        let log = self.folder.join(format!("{}-{}.log", svc.binary(), self.started));
+        let log = self
+            .folder
+            .join(format!("{}-{}.log", svc.binary(), self.started));
         let file = std::fs::File::create(&log).unwrap();
         let child = self
             .command(svc, port, nats)
@@ -237,7 +269,10 @@ impl Cluster {
         self.processes.push((svc, child));
         wait_healthy(port).await.unwrap_or_else(|e| {
             self.dump_logs();
-            panic!("{} did not become healthy on port {port}: {e}", svc.binary())
+            panic!(
+                "{} did not become healthy on port {port}: {e}",
+                svc.binary()
+            )
         });
     }
 
@@ -252,17 +287,25 @@ impl Cluster {
     }
 
     async fn stop_where(&mut self, svc: Svc, signal: &str) {
-        let (matching, rest): (Vec<_>, Vec<_>) = self.processes.drain(..).partition(|(s, _)| *s == svc);
+        let (matching, rest): (Vec<_>, Vec<_>) =
+            self.processes.drain(..).partition(|(s, _)| *s == svc);
         self.processes = rest;
         for (_, mut child) in matching {
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg(signal)
+                    .arg(pid.to_string())
+                    .status();
             }
             match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
                 Ok(status) => {
                     let status = status.unwrap();
                     if signal == "-TERM" {
-                        assert!(status.success(), "{} exited with {status} on SIGTERM", svc.binary());
+                        assert!(
+                            status.success(),
+                            "{} exited with {status} on SIGTERM",
+                            svc.binary()
+                        );
                     }
                 }
                 Err(_) => panic!("{} did not stop within 20 s of {signal}", svc.binary()),
@@ -274,20 +317,36 @@ impl Cluster {
         channel(self.port(svc)).await
     }
 
-    pub async fn reservation(&self) -> pb::ticket_reservation_service_client::TicketReservationServiceClient<Channel> {
-        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(self.channel(Svc::Reservation).await)
+    pub async fn reservation(
+        &self,
+    ) -> pb::ticket_reservation_service_client::TicketReservationServiceClient<Channel> {
+        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+            self.channel(Svc::Reservation).await,
+        )
     }
 
-    pub async fn parking_lot(&self) -> pb::parking_lot_service_client::ParkingLotServiceClient<Channel> {
-        pb::parking_lot_service_client::ParkingLotServiceClient::new(self.channel(Svc::ParkingLot).await)
+    pub async fn parking_lot(
+        &self,
+    ) -> pb::parking_lot_service_client::ParkingLotServiceClient<Channel> {
+        pb::parking_lot_service_client::ParkingLotServiceClient::new(
+            self.channel(Svc::ParkingLot).await,
+        )
     }
 
-    pub async fn delivery(&self) -> pb::ticket_delivery_service_client::TicketDeliveryServiceClient<Channel> {
-        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(self.channel(Svc::Delivery).await)
+    pub async fn delivery(
+        &self,
+    ) -> pb::ticket_delivery_service_client::TicketDeliveryServiceClient<Channel> {
+        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(
+            self.channel(Svc::Delivery).await,
+        )
     }
 
-    pub async fn status(&self) -> pb::reservation_status_service_client::ReservationStatusServiceClient<Channel> {
-        pb::reservation_status_service_client::ReservationStatusServiceClient::new(self.channel(Svc::Status).await)
+    pub async fn status(
+        &self,
+    ) -> pb::reservation_status_service_client::ReservationStatusServiceClient<Channel> {
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(
+            self.channel(Svc::Status).await,
+        )
     }
 
     /// Every event in a context's stream, in stream order: (subject, envelope).
@@ -312,13 +371,24 @@ impl Cluster {
                 .expect("stream read timed out")
                 .unwrap()
                 .unwrap();
-            out.push((msg.subject.to_string(), pb::EventEnvelope::decode(msg.payload.as_ref()).unwrap()));
+            out.push((
+                msg.subject.to_string(),
+                pb::EventEnvelope::decode(msg.payload.as_ref()).unwrap(),
+            ));
         }
         out
     }
 
     /// Publishes an envelope straight onto a context's stream (for ordering tests).
     pub async fn publish(&self, context: &str, envelope: &pb::EventEnvelope, event_name: &str) {
+        // The services declare the streams as they start; wait for that.
+        let stream = format!("{}_{}", self.namespace, context).to_ascii_uppercase();
+        eventually(
+            Duration::from_secs(30),
+            &format!("stream {stream}"),
+            || async { self.js.get_stream(&stream).await.ok().map(|_| ()) },
+        )
+        .await;
         let subject = format!("{}.{}.{}", self.namespace, context, event_name);
         self.js
             .publish(subject, envelope.encode_to_vec().into())
@@ -328,16 +398,40 @@ impl Cluster {
             .unwrap();
     }
 
+    /// Waits until a durable consumer has nothing pending and nothing unacknowledged.
+    pub async fn wait_consumer_idle(&self, context: &str, durable: &str) {
+        let stream = format!("{}_{}", self.namespace, context).to_ascii_uppercase();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{durable} idle"),
+            || async {
+                let stream = self.js.get_stream(&stream).await.ok()?;
+                let mut consumer: jetstream::consumer::PullConsumer =
+                    stream.get_consumer(durable).await.ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            },
+        )
+        .await
+    }
+
     /// Prints the tail of every service log (on failure).
     pub fn dump_logs(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.folder) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.folder) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(40)..];
-                eprintln!("===== {} (last {} lines) =====\n{}", path.display(), tail.len(), tail.join("\n"));
+                eprintln!(
+                    "===== {} (last {} lines) =====\n{}",
+                    path.display(),
+                    tail.len(),
+                    tail.join("\n")
+                );
             }
         }
     }
@@ -371,7 +465,10 @@ impl Drop for Cluster {
         let pg = std::mem::take(&mut self.pg_databases);
         let mut children: Vec<Child> = self.processes.drain(..).map(|(_, c)| c).collect();
         let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 for child in &mut children {
                     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
@@ -379,14 +476,18 @@ impl Drop for Cluster {
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let js = jetstream::new(client);
                     for context in ["reservation", "parkinglot", "delivery"] {
-                        let _ = js.delete_stream(format!("{namespace}_{context}").to_ascii_uppercase()).await;
+                        let _ = js
+                            .delete_stream(format!("{namespace}_{context}").to_ascii_uppercase())
+                            .await;
                     }
                 }
                 if !pg.is_empty() {
                     if let Ok(admin) = Database::connect(postgres_admin_url()).await {
                         for name in pg {
                             let _ = admin
-                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute_unprepared(&format!(
+                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                                ))
                                 .await;
                         }
                     }
@@ -418,10 +519,15 @@ pub async fn wait_healthy(port: u16) -> Result<(), String> {
     while tokio::time::Instant::now() < deadline {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel(port).await);
         match health
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
         {
-            Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 => {
+            Ok(r)
+                if r.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+            {
                 return Ok(())
             }
             Ok(r) => last = format!("status {:?}", r.get_ref().status),

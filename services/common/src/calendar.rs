@@ -49,12 +49,10 @@ pub fn parse_day(field: &'static str, value: &str) -> Result<NaiveDate, DateErro
     }
     // The digits were checked above, so these parses only fail on overflow, never here.
     let num = |range: std::ops::Range<usize>| value[range].parse::<u32>().unwrap_or(0);
-    NaiveDate::from_ymd_opt(num(0..4) as i32, num(5..7), num(8..10)).ok_or(
-        DateError::Impossible {
-            field,
-            value: value.to_owned(),
-        },
-    )
+    NaiveDate::from_ymd_opt(num(0..4) as i32, num(5..7), num(8..10)).ok_or(DateError::Impossible {
+        field,
+        value: value.to_owned(),
+    })
 }
 
 /// The car park's calendar: its time zone and how far ahead booking opens.
@@ -128,22 +126,45 @@ mod tests {
 
     #[test]
     fn tells_malformed_from_impossible() {
-        for bad in ["", "2026-7-13", "13-07-2026", "2026/07/13", "2026-07-13T00", "２０２６-07-13", "abcd-ef-gh"] {
-            assert!(matches!(parse_day("d", bad), Err(DateError::Malformed { .. })), "{bad}");
+        for bad in [
+            "",
+            "2026-7-13",
+            "13-07-2026",
+            "2026/07/13",
+            "2026-07-13T00",
+            "２０２６-07-13",
+            "abcd-ef-gh",
+        ] {
+            assert!(
+                matches!(parse_day("d", bad), Err(DateError::Malformed { .. })),
+                "{bad}"
+            );
         }
         for bad in ["2026-02-30", "2026-13-01", "2026-00-10", "2025-02-29"] {
-            assert!(matches!(parse_day("d", bad), Err(DateError::Impossible { .. })), "{bad}");
+            assert!(
+                matches!(parse_day("d", bad), Err(DateError::Impossible { .. })),
+                "{bad}"
+            );
         }
         assert!(parse_day("d", "2028-02-29").is_ok());
     }
 
     #[test]
     fn booking_window_is_inclusive() {
-        let cal = Calendar { tz: chrono_tz::Asia::Seoul, booking_window_days: 30 };
+        let cal = Calendar {
+            tz: chrono_tz::Asia::Seoul,
+            booking_window_days: 30,
+        };
         let today = day("2026-11-26");
         assert!(cal.check_bookable("d", today, today).is_ok());
         assert!(cal.check_bookable("d", day("2026-12-26"), today).is_ok());
-        assert!(matches!(cal.check_bookable("d", day("2026-12-27"), today), Err(DateError::TooFarAhead { .. })));
-        assert!(matches!(cal.check_bookable("d", day("2026-11-25"), today), Err(DateError::Past { .. })));
+        assert!(matches!(
+            cal.check_bookable("d", day("2026-12-27"), today),
+            Err(DateError::TooFarAhead { .. })
+        ));
+        assert!(matches!(
+            cal.check_bookable("d", day("2026-11-25"), today),
+            Err(DateError::Past { .. })
+        ));
     }
 }

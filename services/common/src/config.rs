@@ -62,7 +62,12 @@ pub fn redact_url(url: &str) -> String {
     let rest = &url[scheme_end..];
     match (rest.find('@'), rest.find(':')) {
         (Some(at), Some(colon)) if colon < at => {
-            format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..])
+            format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            )
         }
         _ => url.to_owned(),
     }
@@ -78,8 +83,14 @@ mod tests {
             redact_url("postgres://app:s3cret@db:5432/parking"),
             "postgres://app:***@db:5432/parking"
         );
-        assert_eq!(redact_url("postgres://app@db/parking"), "postgres://app@db/parking");
-        assert_eq!(redact_url("sqlite://var/a.db?mode=rwc"), "sqlite://var/a.db?mode=rwc");
+        assert_eq!(
+            redact_url("postgres://app@db/parking"),
+            "postgres://app@db/parking"
+        );
+        assert_eq!(
+            redact_url("sqlite://var/a.db?mode=rwc"),
+            "sqlite://var/a.db?mode=rwc"
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@ use crate::events::{self, EventContext};
 use crate::pb::{event_envelope::Payload, EventEnvelope};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
-use tracing::Instrument;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// One decoded event as a handler sees it.
 #[derive(Debug, Clone)]
@@ -102,9 +102,13 @@ pub async fn run<H: EventHandler>(
                         .await;
                     continue;
                 }
-                Err(error) => tracing::warn!(%error, durable = %subscription.durable, "cannot pull"),
+                Err(error) => {
+                    tracing::warn!(%error, durable = %subscription.durable, "cannot pull")
+                }
             },
-            Err(error) => tracing::warn!(%error, durable = %subscription.durable, "cannot bind consumer"),
+            Err(error) => {
+                tracing::warn!(%error, durable = %subscription.durable, "cannot bind consumer")
+            }
         }
         failures = failures.saturating_add(1);
         let delay = Duration::from_millis(200 << failures.min(5));
@@ -141,8 +145,15 @@ async fn bind(
     Ok(consumer)
 }
 
-async fn handle_one<H: EventHandler + ?Sized>(handler: &H, durable: &str, message: jetstream::Message) {
-    let delivered = message.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+async fn handle_one<H: EventHandler + ?Sized>(
+    handler: &H,
+    durable: &str,
+    message: jetstream::Message,
+) {
+    let delivered = message
+        .info()
+        .map(|i| i.delivered.max(1) as u64)
+        .unwrap_or(1);
     let (envelope, payload) = match events::decode(&message.payload) {
         Ok(decoded) => decoded,
         Err(error) => {

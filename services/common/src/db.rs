@@ -52,7 +52,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
 }
 
 /// Connects and brings the schema up to date.
-pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbError> {
+pub async fn connect_and_migrate<M: MigratorTrait>(
+    url: &str,
+) -> Result<DatabaseConnection, DbError> {
     let db = connect(url).await?;
     // Replicas starting together may race on the schema; the loser sees the winner's
     // tables on its next try (every migration is idempotent).
@@ -89,7 +91,11 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 /// Runs a statement that only PostgreSQL and SQLite both understand verbatim
 /// (partial indexes), as migrations need now and then.
 pub async fn execute_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
-    manager.get_connection().execute_unprepared(sql).await.map(|_| ())
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(|_| ())
 }
 
 /// The migrations of the tables every service has: the outbox and the inbox.
@@ -140,12 +146,25 @@ impl MigrationTrait for CreateOutboxAndInbox {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Outbox::EventId).string().not_null().unique_key())
+                    .col(
+                        ColumnDef::new(Outbox::EventId)
+                            .string()
+                            .not_null()
+                            .unique_key(),
+                    )
                     .col(ColumnDef::new(Outbox::Subject).string().not_null())
                     .col(ColumnDef::new(Outbox::Payload).blob().not_null())
                     .col(ColumnDef::new(Outbox::Traceparent).string().null())
-                    .col(ColumnDef::new(Outbox::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Outbox::SentAt).timestamp_with_time_zone().null())
+                    .col(
+                        ColumnDef::new(Outbox::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Outbox::SentAt)
+                            .timestamp_with_time_zone()
+                            .null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -160,7 +179,11 @@ impl MigrationTrait for CreateOutboxAndInbox {
                 Table::create()
                     .table(ProcessedEvents::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(ProcessedEvents::Consumer).string().not_null())
+                    .col(
+                        ColumnDef::new(ProcessedEvents::Consumer)
+                            .string()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(ProcessedEvents::EventId).string().not_null())
                     .col(
                         ColumnDef::new(ProcessedEvents::ProcessedAt)
@@ -184,8 +207,14 @@ mod tests {
 
     #[test]
     fn finds_the_sqlite_folder() {
-        assert_eq!(sqlite_folder("sqlite://var/a.db?mode=rwc").as_deref(), Some("var"));
-        assert_eq!(sqlite_folder("sqlite:///tmp/x/a.db").as_deref(), Some("/tmp/x"));
+        assert_eq!(
+            sqlite_folder("sqlite://var/a.db?mode=rwc").as_deref(),
+            Some("var")
+        );
+        assert_eq!(
+            sqlite_folder("sqlite:///tmp/x/a.db").as_deref(),
+            Some("/tmp/x")
+        );
         assert_eq!(sqlite_folder("sqlite::memory:"), None);
         assert_eq!(sqlite_folder("sqlite://a.db"), None);
     }

@@ -115,13 +115,19 @@ mod tests {
 
     #[test]
     fn names_follow_the_design() {
-        assert_eq!(EventContext::Reservation.stream("parking"), "PARKING_RESERVATION");
+        assert_eq!(
+            EventContext::Reservation.stream("parking"),
+            "PARKING_RESERVATION"
+        );
         assert_eq!(EventContext::ParkingLot.stream("t-1"), "T_1_PARKINGLOT");
         assert_eq!(
             EventContext::Delivery.subject("parking", "Shipped"),
             "parking.delivery.Shipped"
         );
-        assert_eq!(EventContext::Reservation.stream_subjects("p"), "p.reservation.>");
+        assert_eq!(
+            EventContext::Reservation.stream_subjects("p"),
+            "p.reservation.>"
+        );
     }
 
     #[test]
@@ -137,7 +143,13 @@ mod tests {
         assert_eq!(back.event_id, env.event_id);
         assert_eq!(p, payload);
         assert!(decode(b"\xff\xff").is_err());
-        let empty = EventEnvelope { event_id: "x".into(), ..Default::default() };
-        assert!(matches!(decode(&empty.encode_to_vec()), Err(DecodeError::Empty(_))));
+        let empty = EventEnvelope {
+            event_id: "x".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&empty.encode_to_vec()),
+            Err(DecodeError::Empty(_))
+        ));
     }
 }

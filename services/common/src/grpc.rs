@@ -33,7 +33,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// Serves `service` with health and reflection until `shutdown`, then drains in-flight calls.
-pub async fn serve<S>(listener: TcpListener, service: S, shutdown: CancellationToken) -> Result<(), ServeError>
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + NamedService
@@ -44,7 +48,9 @@ where
     S::Future: Send + 'static,
 {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     health
         .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
         .await;
@@ -64,8 +70,12 @@ where
         async move {
             shutdown.cancelled().await;
             // Probes see NOT_SERVING while in-flight calls drain.
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-            health.set_service_status(S::NAME, tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(S::NAME, tonic_health::ServingStatus::NotServing)
+                .await;
         }
     };
     tonic::transport::Server::builder()
@@ -90,7 +100,9 @@ pub fn db_status(context: &str, error: sea_orm::DbErr) -> Status {
     match error {
         sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => {
             tracing::warn!(%error, context, "database unavailable");
-            Status::unavailable(format!("{context}: the database is unavailable, retry shortly"))
+            Status::unavailable(format!(
+                "{context}: the database is unavailable, retry shortly"
+            ))
         }
         other => internal(context, other),
     }
@@ -101,6 +113,8 @@ pub fn positive_id(field: &str, value: i64) -> Result<i64, Status> {
     if value > 0 {
         Ok(value)
     } else {
-        Err(Status::invalid_argument(format!("{field} must be a positive number (got {value})")))
+        Err(Status::invalid_argument(format!(
+            "{field} must be a positive number (got {value})"
+        )))
     }
 }

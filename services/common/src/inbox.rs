@@ -27,7 +27,11 @@ impl ActiveModelBehavior for ActiveModel {}
 ///
 /// Call it first in the transaction: it is a write, so SQLite takes its write lock before
 /// any read, and PostgreSQL serialises two replicas racing on the same event here.
-pub async fn first_time<C: ConnectionTrait>(db: &C, consumer: &str, event_id: &str) -> Result<bool, DbErr> {
+pub async fn first_time<C: ConnectionTrait>(
+    db: &C,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool, DbErr> {
     let row = ActiveModel {
         consumer: Set(consumer.to_owned()),
         event_id: Set(event_id.to_owned()),

@@ -46,5 +46,8 @@ pub async fn ensure_stream(
         ..Default::default()
     })
     .await
-    .map_err(|source| NatsError::Stream { stream: name, source })
+    .map_err(|source| NatsError::Stream {
+        stream: name,
+        source,
+    })
 }

@@ -72,9 +72,15 @@ impl Outbox {
     }
 
     /// Writes the event row; call inside the use case's transaction.
-    pub async fn stage<C: ConnectionTrait>(&self, db: &C, envelope: &EventEnvelope) -> Result<(), DbErr> {
+    pub async fn stage<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        envelope: &EventEnvelope,
+    ) -> Result<(), DbErr> {
         let Some(payload) = envelope.payload.as_ref() else {
-            return Err(DbErr::Custom("an event without payload cannot be staged".into()));
+            return Err(DbErr::Custom(
+                "an event without payload cannot be staged".into(),
+            ));
         };
         let (name, context) = events::describe(payload);
         let row = ActiveModel {
@@ -82,7 +88,9 @@ impl Outbox {
             event_id: Set(envelope.event_id.clone()),
             subject: Set(context.subject(&self.namespace, name)),
             payload: Set(envelope.encode_to_vec()),
-            traceparent: Set((!envelope.traceparent.is_empty()).then(|| envelope.traceparent.clone())),
+            traceparent: Set(
+                (!envelope.traceparent.is_empty()).then(|| envelope.traceparent.clone())
+            ),
             created_at: Set(chrono::Utc::now()),
             sent_at: Set(None),
         };
@@ -96,7 +104,12 @@ impl Outbox {
     }
 
     /// The relay of this outbox, publishing the events of `context`.
-    pub fn relay(&self, db: DatabaseConnection, js: jetstream::Context, context: EventContext) -> Relay {
+    pub fn relay(
+        &self,
+        db: DatabaseConnection,
+        js: jetstream::Context,
+        context: EventContext,
+    ) -> Relay {
         Relay {
             outbox: self.clone(),
             db,
@@ -165,7 +178,9 @@ impl Relay {
         // Last flush: what was committed before the signal goes out now if NATS is there.
         match tokio::time::timeout(Duration::from_secs(5), self.drain()).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(published = n, "outbox flushed at shutdown"),
-            Ok(Err(error)) => tracing::warn!(%error, "outbox rows left unsent at shutdown; they go out at the next start"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox rows left unsent at shutdown; they go out at the next start")
+            }
             Err(_) => tracing::warn!("outbox flush timed out; rows go out at the next start"),
             _ => {}
         }
@@ -188,14 +203,13 @@ impl Relay {
             let full = rows.len() as u64 == BATCH;
             let mut acks = Vec::with_capacity(rows.len());
             for row in &rows {
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(tp) = &row.traceparent {
-                    headers.insert("traceparent", tp.as_str());
-                }
-                let publish = PublishMessage::build()
+                // `header`, not `headers`: the latter would replace Nats-Msg-Id.
+                let mut publish = PublishMessage::build()
                     .payload(row.payload.clone().into())
-                    .message_id(row.event_id.as_str())
-                    .headers(headers);
+                    .message_id(row.event_id.as_str());
+                if let Some(tp) = &row.traceparent {
+                    publish = publish.header("traceparent", tp.as_str());
+                }
                 match self.js.send_publish(row.subject.clone(), publish).await {
                     Ok(ack) => acks.push((row.id, ack)),
                     Err(e) => {
@@ -223,7 +237,11 @@ impl Relay {
             }
             total += sent.len();
             if sent.len() < rows.len() {
-                return Err(format!("{} of {} events not published", rows.len() - sent.len(), rows.len()));
+                return Err(format!(
+                    "{} of {} events not published",
+                    rows.len() - sent.len(),
+                    rows.len()
+                ));
             }
             if !full {
                 return Ok(total);
@@ -232,7 +250,9 @@ impl Relay {
     }
 
     async fn purge_sent(&self) {
-        let Ok(keep) = chrono::Duration::from_std(KEEP_SENT) else { return };
+        let Ok(keep) = chrono::Duration::from_std(KEEP_SENT) else {
+            return;
+        };
         let cutoff = chrono::Utc::now() - keep;
         if let Err(error) = Entity::delete_many()
             .filter(Column::SentAt.lt(cutoff))
@@ -246,5 +266,8 @@ impl Relay {
 
 /// Unsent rows, for health and tests.
 pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
-    Entity::find().filter(Column::SentAt.is_null()).count(db).await
+    Entity::find()
+        .filter(Column::SentAt.is_null())
+        .count(db)
+        .await
 }

@@ -60,9 +60,18 @@ mod tests {
 
     #[test]
     fn defaults_and_caps() {
-        assert_eq!(Page::from_request(0, "").map(|p| p.size).ok(), Some(DEFAULT_PAGE_SIZE));
-        assert_eq!(Page::from_request(10_000, "").map(|p| p.size).ok(), Some(MAX_PAGE_SIZE));
-        assert_eq!(Page::from_request(5, "42").map(|p| p.after_id).ok(), Some(42));
+        assert_eq!(
+            Page::from_request(0, "").map(|p| p.size).ok(),
+            Some(DEFAULT_PAGE_SIZE)
+        );
+        assert_eq!(
+            Page::from_request(10_000, "").map(|p| p.size).ok(),
+            Some(MAX_PAGE_SIZE)
+        );
+        assert_eq!(
+            Page::from_request(5, "42").map(|p| p.after_id).ok(),
+            Some(42)
+        );
     }
 
     #[test]
@@ -75,7 +84,10 @@ mod tests {
 
     #[test]
     fn next_token_only_when_page_is_full() {
-        let page = Page { size: 2, after_id: 0 };
+        let page = Page {
+            size: 2,
+            after_id: 0,
+        };
         assert_eq!(page.next_token(2, Some(9)), "9");
         assert_eq!(page.next_token(1, Some(9)), "");
         assert_eq!(page.next_token(0, None), "");

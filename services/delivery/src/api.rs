@@ -42,7 +42,8 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
             None
         } else {
             Some(format_day(
-                parse_day("reservation_date", &req.reservation_date).map_err(|e| Status::invalid_argument(e.to_string()))?,
+                parse_day("reservation_date", &req.reservation_date)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
             ))
         };
         let state = match pb::DeliveryState::try_from(req.state) {
@@ -50,7 +51,12 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
             Ok(pb::DeliveryState::DeliveryRequested) => Some(DeliveryState::Requested),
             Ok(pb::DeliveryState::DeliveryShipped) => Some(DeliveryState::Shipped),
             Ok(pb::DeliveryState::DeliveryCanceled) => Some(DeliveryState::Canceled),
-            Err(_) => return Err(Status::invalid_argument(format!("state {} is not a DeliveryState", req.state))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "state {} is not a DeliveryState",
+                    req.state
+                )))
+            }
         };
         let page = Page::from_request(req.page_size, &req.page_token)?;
         let rows = self
@@ -65,9 +71,17 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         }))
     }
 
-    async fn ship_ticket(&self, request: Request<pb::ShipTicketRequest>) -> Result<Response<pb::TicketDelivery>, Status> {
+    async fn ship_ticket(
+        &self,
+        request: Request<pb::ShipTicketRequest>,
+    ) -> Result<Response<pb::TicketDelivery>, Status> {
         let id = positive_id("delivery_id", request.into_inner().delivery_id)?;
-        match self.store.ship(id).await.map_err(|e| db_status("ShipTicket", e))? {
+        match self
+            .store
+            .ship(id)
+            .await
+            .map_err(|e| db_status("ShipTicket", e))?
+        {
             Shipping::Done(d) => Ok(Response::new(to_pb(d))),
             Shipping::Refused(d) => Err(Status::failed_precondition(format!(
                 "delivery {id} was cancelled (reservation {}); there is no ticket to ship",
@@ -82,7 +96,11 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         request: Request<pb::CancelDeliveryRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
-        let d = self.store.cancel(id).await.map_err(|e| db_status("CancelDelivery", e))?;
+        let d = self
+            .store
+            .cancel(id)
+            .await
+            .map_err(|e| db_status("CancelDelivery", e))?;
         Ok(Response::new(to_pb(d)))
     }
 }

@@ -69,7 +69,11 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [DeliveryState::Requested, DeliveryState::Shipped, DeliveryState::Canceled] {
+        for s in [
+            DeliveryState::Requested,
+            DeliveryState::Shipped,
+            DeliveryState::Canceled,
+        ] {
             assert_eq!(DeliveryState::parse(s.as_str()), Some(s));
         }
     }

@@ -27,13 +27,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Configuration of the delivery service.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "delivery", version, about = "TicketDelivery service (parking.v1.TicketDeliveryService)")]
+#[command(
+    name = "delivery",
+    version,
+    about = "TicketDelivery service (parking.v1.TicketDeliveryService)"
+)]
 pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50053")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://var/delivery.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://var/delivery.db?mode=rwc"
+    )]
     pub database_url: String,
     #[command(flatten)]
     pub events: EventArgs,
@@ -55,16 +63,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let store = store::Store::new(db.clone(), outbox.clone());
 
     let mut background = Background::new(shutdown.clone());
-    background.spawn(outbox.relay(db, js.clone(), EventContext::Delivery).run(shutdown.clone()));
+    background.spawn(
+        outbox
+            .relay(db, js.clone(), EventContext::Delivery)
+            .run(shutdown.clone()),
+    );
     background.spawn(consumer::run(
         js,
         config.events.event_namespace.clone(),
         policy::RequestDelivery::subscription(),
-        Arc::new(policy::RequestDelivery { store: store.clone() }),
+        Arc::new(policy::RequestDelivery {
+            store: store.clone(),
+        }),
         config.events.consumer_concurrency,
         shutdown.clone(),
     ));
-    let served = grpc::serve(listener, TicketDeliveryServiceServer::new(api::Api { store }), shutdown).await;
+    let served = grpc::serve(
+        listener,
+        TicketDeliveryServiceServer::new(api::Api { store }),
+        shutdown,
+    )
+    .await;
     background.stop().await;
     served.map_err(Into::into)
 }

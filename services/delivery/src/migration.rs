@@ -51,13 +51,34 @@ impl MigrationTrait for CreateDeliveries {
                             .primary_key(),
                     )
                     // One order per reservation; a cancellation recorded first holds the place.
-                    .col(ColumnDef::new(Deliveries::ReservationId).big_integer().not_null().unique_key())
-                    .col(ColumnDef::new(Deliveries::MemberId).big_integer().not_null())
-                    .col(ColumnDef::new(Deliveries::ReservationDate).string_len(10).not_null())
+                    .col(
+                        ColumnDef::new(Deliveries::ReservationId)
+                            .big_integer()
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Deliveries::MemberId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Deliveries::ReservationDate)
+                            .string_len(10)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Deliveries::SpaceNumber).integer().not_null())
                     .col(ColumnDef::new(Deliveries::State).string_len(16).not_null())
-                    .col(ColumnDef::new(Deliveries::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Deliveries::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(Deliveries::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Deliveries::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -33,6 +33,8 @@ impl EventHandler for RequestDelivery {
             reservation_date: e.reservation_date.clone(),
             space_number: e.space_number,
         };
-        self.store.request(REQUEST, &event.envelope.event_id, &order).await
+        self.store
+            .request(REQUEST, &event.envelope.event_id, &order)
+            .await
     }
 }

@@ -10,7 +10,10 @@ use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{DeliveryCanceled, DeliveryRequested, Shipped};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, DatabaseTransaction, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, DatabaseTransaction, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 
 mod entity {
     use sea_orm::entity::prelude::*;
@@ -51,8 +54,9 @@ pub struct TicketDelivery {
 }
 
 fn to_domain(m: entity::Model) -> Result<TicketDelivery, DbErr> {
-    let state = DeliveryState::parse(&m.state)
-        .ok_or_else(|| DbErr::Custom(format!("delivery {} has unknown state {:?}", m.id, m.state)))?;
+    let state = DeliveryState::parse(&m.state).ok_or_else(|| {
+        DbErr::Custom(format!("delivery {} has unknown state {:?}", m.id, m.state))
+    })?;
     Ok(TicketDelivery {
         id: m.id,
         reservation_id: m.reservation_id,
@@ -92,7 +96,11 @@ impl Store {
     }
 
     /// Inserts an order unless one (or a recorded cancellation) exists; true if inserted.
-    async fn insert_once(txn: &DatabaseTransaction, order: &Order, state: DeliveryState) -> Result<bool, DbErr> {
+    async fn insert_once(
+        txn: &DatabaseTransaction,
+        order: &Order,
+        state: DeliveryState,
+    ) -> Result<bool, DbErr> {
         let now = chrono::Utc::now();
         let inserted = Entity::insert(ActiveModel {
             id: NotSet,
@@ -104,13 +112,20 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         })
-        .on_conflict(OnConflict::column(Column::ReservationId).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(Column::ReservationId)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(txn)
         .await?;
         Ok(inserted == 1)
     }
 
-    async fn by_reservation<C: ConnectionTrait>(db: &C, reservation_id: i64) -> Result<Option<TicketDelivery>, DbErr> {
+    async fn by_reservation<C: ConnectionTrait>(
+        db: &C,
+        reservation_id: i64,
+    ) -> Result<Option<TicketDelivery>, DbErr> {
         Entity::find()
             .filter(Column::ReservationId.eq(reservation_id))
             .one(db)
@@ -121,20 +136,30 @@ impl Store {
 
     /// On Occupied: puts an order on the manager's list, once; a cancellation recorded
     /// earlier keeps it off.
-    pub async fn request(&self, consumer: &str, event_id: &str, order: &Order) -> Result<(), HandleError> {
+    pub async fn request(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        order: &Order,
+    ) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !inbox::first_time(&txn, consumer, event_id).await? {
             txn.rollback().await?;
             return Ok(());
         }
         if !Self::insert_once(&txn, order, DeliveryState::Requested).await? {
-            tracing::info!(reservation_id = order.reservation_id, "order exists or was cancelled first; nothing to request");
+            tracing::info!(
+                reservation_id = order.reservation_id,
+                "order exists or was cancelled first; nothing to request"
+            );
             txn.commit().await?;
             return Ok(());
         }
         let row = Self::by_reservation(&txn, order.reservation_id)
             .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of reservation {}", order.reservation_id)))?;
+            .ok_or_else(|| {
+                DbErr::RecordNotFound(format!("delivery of reservation {}", order.reservation_id))
+            })?;
         let event = envelope(
             order.reservation_id,
             Payload::DeliveryRequested(DeliveryRequested {
@@ -148,7 +173,11 @@ impl Store {
         self.outbox.stage(&txn, &event).await?;
         txn.commit().await?;
         self.outbox.committed();
-        tracing::info!(reservation_id = order.reservation_id, delivery_id = row.id, "delivery requested");
+        tracing::info!(
+            reservation_id = order.reservation_id,
+            delivery_id = row.id,
+            "delivery requested"
+        );
         Ok(())
     }
 
@@ -179,7 +208,9 @@ impl Store {
             .await?;
         let row = Self::by_reservation(&txn, reservation_id)
             .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("delivery of reservation {reservation_id}")))?;
+            .ok_or_else(|| {
+                DbErr::RecordNotFound(format!("delivery of reservation {reservation_id}"))
+            })?;
         if changed || recorded {
             let event = envelope(
                 reservation_id,
@@ -193,7 +224,12 @@ impl Store {
         txn.commit().await?;
         if changed || recorded {
             self.outbox.committed();
-            tracing::info!(reservation_id, delivery_id = row.id, recorded_first = recorded, "delivery canceled");
+            tracing::info!(
+                reservation_id,
+                delivery_id = row.id,
+                recorded_first = recorded,
+                "delivery canceled"
+            );
         }
         Ok(row)
     }
@@ -226,7 +262,11 @@ impl Store {
             self.outbox.stage(&txn, &event).await?;
             txn.commit().await?;
             self.outbox.committed();
-            tracing::info!(delivery_id, reservation_id = row.reservation_id, "ticket shipped");
+            tracing::info!(
+                delivery_id,
+                reservation_id = row.reservation_id,
+                "ticket shipped"
+            );
             return Ok(Shipping::Done(row));
         }
         txn.rollback().await?;
@@ -237,7 +277,12 @@ impl Store {
     }
 
     /// The manager's list, oldest first.
-    pub async fn list(&self, date: Option<&str>, state: Option<DeliveryState>, page: Page) -> Result<Vec<TicketDelivery>, DbErr> {
+    pub async fn list(
+        &self,
+        date: Option<&str>,
+        state: Option<DeliveryState>,
+        page: Page,
+    ) -> Result<Vec<TicketDelivery>, DbErr> {
         let mut query = Entity::find().filter(Column::Id.gt(page.after_id));
         if let Some(date) = date {
             query = query.filter(Column::ReservationDate.eq(date));

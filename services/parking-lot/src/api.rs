@@ -27,9 +27,14 @@ impl pb::parking_lot_service_server::ParkingLotService for Api {
         &self,
         request: Request<pb::GetDailyAvailabilityRequest>,
     ) -> Result<Response<pb::DailyAvailability>, Status> {
-        let date = parse_day("date", &request.into_inner().date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let date = parse_day("date", &request.into_inner().date)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let date = format_day(date);
-        let day = self.store.day(&date).await.map_err(|e| db_status("GetDailyAvailability", e))?;
+        let day = self
+            .store
+            .day(&date)
+            .await
+            .map_err(|e| db_status("GetDailyAvailability", e))?;
         Ok(Response::new(to_pb(date, day)))
     }
 
@@ -38,7 +43,8 @@ impl pb::parking_lot_service_server::ParkingLotService for Api {
         request: Request<pb::SetDailyCapacityRequest>,
     ) -> Result<Response<pb::DailyAvailability>, Status> {
         let req = request.into_inner();
-        let day = parse_day("date", &req.date).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let day =
+            parse_day("date", &req.date).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let today = self.calendar.today();
         if day < today {
             return Err(Status::invalid_argument(format!(

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn cancel_frees_only_an_occupied_space() {
-        assert_eq!(on_cancel(Some(AllocationState::Occupied)), OnCancel::CancelDeliveryThenVacate);
+        assert_eq!(
+            on_cancel(Some(AllocationState::Occupied)),
+            OnCancel::CancelDeliveryThenVacate
+        );
         assert_eq!(on_cancel(None), OnCancel::RecordEarlyCancel);
         for s in [
             AllocationState::FullyOccupied,

@@ -29,13 +29,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Configuration of the parking-lot service.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "parking-lot", version, about = "ParkingLot service (parking.v1.ParkingLotService)")]
+#[command(
+    name = "parking-lot",
+    version,
+    about = "ParkingLot service (parking.v1.ParkingLotService)"
+)]
 pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://var/parking-lot.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://var/parking-lot.db?mode=rwc"
+    )]
     pub database_url: String,
     /// Spaces per day unless SetDailyCapacity says otherwise (the seed's maxparking).
     #[arg(long, env = "MAX_PARKING", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..))]
@@ -76,11 +84,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         delivery_timeout_ms = config.delivery_timeout_ms,
         "starting parking-lot"
     );
-    let delivery = delivery::GrpcDelivery::new(&config.delivery_url, Duration::from_millis(config.delivery_timeout_ms))
-        .map_err(|source| Error::DeliveryUrl {
-            url: config.delivery_url.clone(),
-            source,
-        })?;
+    let delivery = delivery::GrpcDelivery::new(
+        &config.delivery_url,
+        Duration::from_millis(config.delivery_timeout_ms),
+    )
+    .map_err(|source| Error::DeliveryUrl {
+        url: config.delivery_url.clone(),
+        source,
+    })?;
     let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url)
         .await
         .map_err(StartError::from)?;
@@ -92,14 +103,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let store = store::Store::new(db.clone(), outbox.clone(), config.max_parking);
 
     let mut background = Background::new(shutdown.clone());
-    background.spawn(outbox.relay(db, js.clone(), EventContext::ParkingLot).run(shutdown.clone()));
+    background.spawn(
+        outbox
+            .relay(db, js.clone(), EventContext::ParkingLot)
+            .run(shutdown.clone()),
+    );
     let ns = config.events.event_namespace.clone();
     let concurrency = config.events.consumer_concurrency;
     background.spawn(consumer::run(
         js.clone(),
         ns.clone(),
         policy::Allocate::subscription(),
-        Arc::new(policy::Allocate { store: store.clone() }),
+        Arc::new(policy::Allocate {
+            store: store.clone(),
+        }),
         concurrency,
         shutdown.clone(),
     ));

@@ -51,10 +51,20 @@ impl MigrationTrait for CreateQuotaAndAllocations {
                 Table::create()
                     .table(DailyQuota::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(DailyQuota::Date).string_len(10).not_null().primary_key())
+                    .col(
+                        ColumnDef::new(DailyQuota::Date)
+                            .string_len(10)
+                            .not_null()
+                            .primary_key(),
+                    )
                     // Null: the configured default (MAX_PARKING) applies.
                     .col(ColumnDef::new(DailyQuota::Capacity).integer().null())
-                    .col(ColumnDef::new(DailyQuota::Occupied).integer().not_null().default(0))
+                    .col(
+                        ColumnDef::new(DailyQuota::Occupied)
+                            .integer()
+                            .not_null()
+                            .default(0),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -70,13 +80,34 @@ impl MigrationTrait for CreateQuotaAndAllocations {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Allocations::ReservationId).big_integer().not_null().unique_key())
-                    .col(ColumnDef::new(Allocations::MemberId).big_integer().not_null())
-                    .col(ColumnDef::new(Allocations::ReservationDate).string_len(10).not_null())
+                    .col(
+                        ColumnDef::new(Allocations::ReservationId)
+                            .big_integer()
+                            .not_null()
+                            .unique_key(),
+                    )
+                    .col(
+                        ColumnDef::new(Allocations::MemberId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Allocations::ReservationDate)
+                            .string_len(10)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(Allocations::SpaceNumber).integer().null())
                     .col(ColumnDef::new(Allocations::State).string_len(32).not_null())
-                    .col(ColumnDef::new(Allocations::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Allocations::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(Allocations::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Allocations::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

@@ -35,7 +35,13 @@ impl EventHandler for Allocate {
             return Ok(());
         };
         self.store
-            .allocate(ALLOCATE, &event.envelope.event_id, e.reservation_id, e.member_id, &e.reservation_date)
+            .allocate(
+                ALLOCATE,
+                &event.envelope.event_id,
+                e.reservation_id,
+                e.member_id,
+                &e.reservation_date,
+            )
             .await
     }
 }
@@ -66,7 +72,13 @@ impl EventHandler for Vacate {
             OnCancel::Nothing => Ok(()),
             OnCancel::RecordEarlyCancel => {
                 self.store
-                    .record_early_cancel(VACATE, &event.envelope.event_id, e.reservation_id, e.member_id, &e.reservation_date)
+                    .record_early_cancel(
+                        VACATE,
+                        &event.envelope.event_id,
+                        e.reservation_id,
+                        e.member_id,
+                        &e.reservation_date,
+                    )
                     .await
             }
             OnCancel::CancelDeliveryThenVacate => {
@@ -78,7 +90,9 @@ impl EventHandler for Vacate {
                         reason: error.to_string(),
                     });
                 }
-                self.store.vacate(VACATE, &event.envelope.event_id, e.reservation_id).await
+                self.store
+                    .vacate(VACATE, &event.envelope.event_id, e.reservation_id)
+                    .await
             }
         }
     }

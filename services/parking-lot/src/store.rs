@@ -116,7 +116,11 @@ impl Store {
             capacity: Set(None),
             occupied: Set(0),
         })
-        .on_conflict(OnConflict::column(quota::Column::Date).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(quota::Column::Date)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(db)
         .await?;
         Ok(())
@@ -124,7 +128,9 @@ impl Store {
 
     /// A day's capacity and occupancy.
     pub async fn day(&self, date: &str) -> Result<Day, DbErr> {
-        let row = quota::Entity::find_by_id(date.to_owned()).one(&self.db).await?;
+        let row = quota::Entity::find_by_id(date.to_owned())
+            .one(&self.db)
+            .await?;
         Ok(match row {
             Some(r) => Day {
                 capacity: r.capacity.unwrap_or(self.default_capacity),
@@ -182,7 +188,10 @@ impl Store {
         }
         self.ensure_day(&txn, date).await?;
         let took = quota::Entity::update_many()
-            .col_expr(quota::Column::Occupied, Expr::col(quota::Column::Occupied).add(1))
+            .col_expr(
+                quota::Column::Occupied,
+                Expr::col(quota::Column::Occupied).add(1),
+            )
             .filter(quota::Column::Date.eq(date))
             .filter(Expr::col(quota::Column::Occupied).lt(self.capacity_expr()))
             .exec(&txn)
@@ -206,7 +215,9 @@ impl Store {
                 .await?;
             let taken: Vec<i32> = taken.into_iter().flatten().collect();
             let space = lowest_free_space(&taken, capacity).ok_or_else(|| {
-                DbErr::Custom(format!("counter says a space is free on {date} but none is"))
+                DbErr::Custom(format!(
+                    "counter says a space is free on {date} but none is"
+                ))
             })?;
             (AllocationState::Occupied, Some(space))
         } else {
@@ -240,7 +251,9 @@ impl Store {
                 capacity,
             }),
         };
-        self.outbox.stage(&txn, &envelope(reservation_id, payload)).await?;
+        self.outbox
+            .stage(&txn, &envelope(reservation_id, payload))
+            .await?;
         txn.commit().await?;
         self.outbox.committed();
         tracing::info!(reservation_id, date, ?space, "application decided");
@@ -256,7 +269,12 @@ impl Store {
         row.map(|r| {
             AllocationState::parse(&r.state)
                 .map(|state| Allocation { id: r.id, state })
-                .ok_or_else(|| DbErr::Custom(format!("allocation {} has unknown state {:?}", r.id, r.state)))
+                .ok_or_else(|| {
+                    DbErr::Custom(format!(
+                        "allocation {} has unknown state {:?}",
+                        r.id, r.state
+                    ))
+                })
         })
         .transpose()
     }
@@ -282,7 +300,9 @@ impl Store {
             member_id: Set(member_id),
             reservation_date: Set(date.to_owned()),
             space_number: Set(None),
-            state: Set(AllocationState::CanceledBeforeAllocation.as_str().to_owned()),
+            state: Set(AllocationState::CanceledBeforeAllocation
+                .as_str()
+                .to_owned()),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -304,7 +324,12 @@ impl Store {
     }
 
     /// Frees the space of a reservation whose delivery was cancelled, once.
-    pub async fn vacate(&self, consumer: &str, event_id: &str, reservation_id: i64) -> Result<(), HandleError> {
+    pub async fn vacate(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        reservation_id: i64,
+    ) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !inbox::first_time(&txn, consumer, event_id).await? {
             txn.rollback().await?;
@@ -312,7 +337,10 @@ impl Store {
         }
         let now = chrono::Utc::now();
         let freed = allocation::Entity::update_many()
-            .col_expr(allocation::Column::State, Expr::value(AllocationState::Vacated.as_str()))
+            .col_expr(
+                allocation::Column::State,
+                Expr::value(AllocationState::Vacated.as_str()),
+            )
             .col_expr(allocation::Column::UpdatedAt, Expr::value(now))
             .filter(allocation::Column::ReservationId.eq(reservation_id))
             .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
@@ -325,9 +353,14 @@ impl Store {
                 .filter(allocation::Column::ReservationId.eq(reservation_id))
                 .one(&txn)
                 .await?
-                .ok_or_else(|| DbErr::RecordNotFound(format!("allocation of reservation {reservation_id}")))?;
+                .ok_or_else(|| {
+                    DbErr::RecordNotFound(format!("allocation of reservation {reservation_id}"))
+                })?;
             quota::Entity::update_many()
-                .col_expr(quota::Column::Occupied, Expr::col(quota::Column::Occupied).sub(1))
+                .col_expr(
+                    quota::Column::Occupied,
+                    Expr::col(quota::Column::Occupied).sub(1),
+                )
                 .filter(quota::Column::Date.eq(row.reservation_date.as_str()))
                 .filter(quota::Column::Occupied.gt(0))
                 .exec(&txn)

@@ -67,7 +67,12 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
         let id = positive_id("id", request.into_inner().id)?;
-        match self.store.cancel(id).await.map_err(|e| db_status("CancelReservation", e))? {
+        match self
+            .store
+            .cancel(id)
+            .await
+            .map_err(|e| db_status("CancelReservation", e))?
+        {
             Cancelled::Now(r) => {
                 tracing::info!(reservation_id = id, "reservation canceled");
                 Ok(Response::new(to_pb(TicketReservation {
@@ -87,7 +92,12 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
         let id = positive_id("id", request.into_inner().id)?;
-        match self.store.get(id).await.map_err(|e| db_status("GetReservation", e))? {
+        match self
+            .store
+            .get(id)
+            .await
+            .map_err(|e| db_status("GetReservation", e))?
+        {
             Some(r) => Ok(Response::new(to_pb(r))),
             None => Err(Status::not_found(format!("no reservation with id {id}"))),
         }

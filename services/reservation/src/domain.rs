@@ -43,7 +43,8 @@ impl ReservationState {
     pub const ACTIVE: [ReservationState; 2] = [Self::Requested, Self::Confirmed];
 
     /// States a cancellation may start from.
-    pub const CANCELLABLE: [ReservationState; 3] = [Self::Requested, Self::Confirmed, Self::Rejected];
+    pub const CANCELLABLE: [ReservationState; 3] =
+        [Self::Requested, Self::Confirmed, Self::Rejected];
 }
 
 /// ParkingLot's answer to an application.
@@ -60,7 +61,9 @@ pub enum Settlement {
 pub fn settle(current: ReservationState, answer: Settlement) -> Option<ReservationState> {
     match (current, answer) {
         (ReservationState::Requested, Settlement::Occupied) => Some(ReservationState::Confirmed),
-        (ReservationState::Requested, Settlement::FullyOccupied) => Some(ReservationState::Rejected),
+        (ReservationState::Requested, Settlement::FullyOccupied) => {
+            Some(ReservationState::Rejected)
+        }
         _ => None,
     }
 }
@@ -79,7 +82,9 @@ pub struct Application {
 pub enum InvalidApplication {
     #[error("member_id must be a positive number (got {0})")]
     MemberId(i64),
-    #[error("request_id must be at most {max} characters of letters, digits, '-', '_', '.' or ':'")]
+    #[error(
+        "request_id must be at most {max} characters of letters, digits, '-', '_', '.' or ':'"
+    )]
     RequestId { max: usize },
 }
 
@@ -88,7 +93,11 @@ pub const MAX_REQUEST_ID: usize = 128;
 
 impl Application {
     /// Checks the member and the idempotency key (the date is checked by the calendar).
-    pub fn new(member_id: i64, date: NaiveDate, request_id: &str) -> Result<Self, InvalidApplication> {
+    pub fn new(
+        member_id: i64,
+        date: NaiveDate,
+        request_id: &str,
+    ) -> Result<Self, InvalidApplication> {
         if member_id <= 0 {
             return Err(InvalidApplication::MemberId(member_id));
         }
@@ -98,7 +107,9 @@ impl Application {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
         if !ok {
-            return Err(InvalidApplication::RequestId { max: MAX_REQUEST_ID });
+            return Err(InvalidApplication::RequestId {
+                max: MAX_REQUEST_ID,
+            });
         }
         Ok(Self {
             member_id,
@@ -143,12 +154,21 @@ mod tests {
 
     #[test]
     fn application_checks_member_and_key() {
-        assert_eq!(Application::new(0, day(), ""), Err(InvalidApplication::MemberId(0)));
-        assert_eq!(Application::new(-5, day(), ""), Err(InvalidApplication::MemberId(-5)));
+        assert_eq!(
+            Application::new(0, day(), ""),
+            Err(InvalidApplication::MemberId(0))
+        );
+        assert_eq!(
+            Application::new(-5, day(), ""),
+            Err(InvalidApplication::MemberId(-5))
+        );
         assert!(Application::new(1, day(), "a b").is_err());
         assert!(Application::new(1, day(), &"x".repeat(129)).is_err());
         let app = Application::new(3117, day(), " req-1 ").expect("valid");
         assert_eq!(app.request_id.as_deref(), Some("req-1"));
-        assert_eq!(Application::new(1, day(), "").map(|a| a.request_id), Ok(None));
+        assert_eq!(
+            Application::new(1, day(), "").map(|a| a.request_id),
+            Ok(None)
+        );
     }
 }

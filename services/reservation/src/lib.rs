@@ -26,13 +26,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Configuration of the reservation service.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "reservation", version, about = "TicketReservation service (parking.v1.TicketReservationService)")]
+#[command(
+    name = "reservation",
+    version,
+    about = "TicketReservation service (parking.v1.TicketReservationService)"
+)]
 pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://var/reservation.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://var/reservation.db?mode=rwc"
+    )]
     pub database_url: String,
     #[command(flatten)]
     pub events: EventArgs,
@@ -58,12 +66,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let store = store::Store::new(db.clone(), outbox.clone());
 
     let mut background = Background::new(shutdown.clone());
-    background.spawn(outbox.relay(db, js.clone(), EventContext::Reservation).run(shutdown.clone()));
+    background.spawn(
+        outbox
+            .relay(db, js.clone(), EventContext::Reservation)
+            .run(shutdown.clone()),
+    );
     background.spawn(consumer::run(
         js,
         config.events.event_namespace.clone(),
         policy::Settle::subscription(),
-        Arc::new(policy::Settle { store: store.clone() }),
+        Arc::new(policy::Settle {
+            store: store.clone(),
+        }),
         config.events.consumer_concurrency,
         shutdown.clone(),
     ));

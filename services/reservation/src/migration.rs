@@ -49,12 +49,36 @@ impl MigrationTrait for CreateReservations {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(Reservations::MemberId).big_integer().not_null())
-                    .col(ColumnDef::new(Reservations::ReservationDate).string_len(10).not_null())
-                    .col(ColumnDef::new(Reservations::State).string_len(16).not_null())
-                    .col(ColumnDef::new(Reservations::RequestId).string_len(128).null())
-                    .col(ColumnDef::new(Reservations::CreatedAt).timestamp_with_time_zone().not_null())
-                    .col(ColumnDef::new(Reservations::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(Reservations::MemberId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Reservations::ReservationDate)
+                            .string_len(10)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Reservations::State)
+                            .string_len(16)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Reservations::RequestId)
+                            .string_len(128)
+                            .null(),
+                    )
+                    .col(
+                        ColumnDef::new(Reservations::CreatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(Reservations::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

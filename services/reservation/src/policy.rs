@@ -35,6 +35,8 @@ impl EventHandler for Settle {
             Payload::FullyOccupied(e) => (e.reservation_id, Settlement::FullyOccupied),
             _ => return Ok(()),
         };
-        self.store.settle(SETTLE, &event.envelope.event_id, id, answer).await
+        self.store
+            .settle(SETTLE, &event.envelope.event_id, id, answer)
+            .await
     }
 }

@@ -7,11 +7,11 @@ use parking_common::calendar::{format_day, parse_day};
 use parking_common::consumer::HandleError;
 use parking_common::db::is_unique_violation;
 use parking_common::events::envelope;
+use parking_common::inbox;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{TicketReservationCanceled, TicketReserved};
-use parking_common::inbox;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, QueryOrder, QuerySelect, TransactionTrait};
 
@@ -78,9 +78,14 @@ mod entity {
 use entity::{ActiveModel, Column, Entity};
 
 fn to_domain(m: entity::Model) -> Result<TicketReservation, DbErr> {
-    let state = ReservationState::parse(&m.state)
-        .ok_or_else(|| DbErr::Custom(format!("reservation {} has unknown state {:?}", m.id, m.state)))?;
-    let date = parse_day("reservation_date", &m.reservation_date).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let state = ReservationState::parse(&m.state).ok_or_else(|| {
+        DbErr::Custom(format!(
+            "reservation {} has unknown state {:?}",
+            m.id, m.state
+        ))
+    })?;
+    let date = parse_day("reservation_date", &m.reservation_date)
+        .map_err(|e| DbErr::Custom(e.to_string()))?;
     Ok(TicketReservation {
         id: m.id,
         member_id: m.member_id,
@@ -164,7 +169,10 @@ impl Store {
         let txn = self.db.begin().await?;
         // The conditional update is the guard: two concurrent cancels, one wins.
         let updated = Entity::update_many()
-            .col_expr(Column::State, Expr::value(ReservationState::Canceled.as_str()))
+            .col_expr(
+                Column::State,
+                Expr::value(ReservationState::Canceled.as_str()),
+            )
             .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
             .filter(Column::Id.eq(id))
             .filter(Column::State.is_in(ReservationState::CANCELLABLE.map(|s| s.as_str())))
@@ -178,7 +186,9 @@ impl Store {
             });
         }
         let Some(row) = Entity::find_by_id(id).one(&txn).await? else {
-            return Err(DbErr::RecordNotFound(format!("reservation {id} vanished in its transaction")));
+            return Err(DbErr::RecordNotFound(format!(
+                "reservation {id} vanished in its transaction"
+            )));
         };
         let reservation = to_domain(row)?;
         let event = envelope(
@@ -196,11 +206,19 @@ impl Store {
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<TicketReservation>, DbErr> {
-        Entity::find_by_id(id).one(&self.db).await?.map(to_domain).transpose()
+        Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(to_domain)
+            .transpose()
     }
 
     /// One member's reservations (every member's for `None`), oldest first.
-    pub async fn list(&self, member_id: Option<i64>, page: Page) -> Result<Vec<TicketReservation>, DbErr> {
+    pub async fn list(
+        &self,
+        member_id: Option<i64>,
+        page: Page,
+    ) -> Result<Vec<TicketReservation>, DbErr> {
         let mut query = Entity::find().filter(Column::Id.gt(page.after_id));
         if let Some(member_id) = member_id {
             query = query.filter(Column::MemberId.eq(member_id));
@@ -216,7 +234,13 @@ impl Store {
     }
 
     /// Applies ParkingLot's answer once per event id.
-    pub async fn settle(&self, consumer: &str, event_id: &str, id: i64, answer: Settlement) -> Result<(), HandleError> {
+    pub async fn settle(
+        &self,
+        consumer: &str,
+        event_id: &str,
+        id: i64,
+        answer: Settlement,
+    ) -> Result<(), HandleError> {
         let txn = self.db.begin().await?;
         if !inbox::first_time(&txn, consumer, event_id).await? {
             txn.rollback().await?;
@@ -233,7 +257,11 @@ impl Store {
                 .exec(&txn)
                 .await?;
             if updated.rows_affected == 0 {
-                tracing::info!(reservation_id = id, ?answer, "answer for a reservation no longer REQUESTED; nothing to settle");
+                tracing::info!(
+                    reservation_id = id,
+                    ?answer,
+                    "answer for a reservation no longer REQUESTED; nothing to settle"
+                );
             }
         }
         txn.commit().await?;

@@ -68,7 +68,8 @@ fn to_pb(s: StoredStatus) -> pb::ReservationStatus {
     view_to_pb(s.view, history)
 }
 
-type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReservationStatus, Status>> + Send>>;
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ReservationStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::reservation_status_service_server::ReservationStatusService for Api {
@@ -77,7 +78,12 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         request: Request<pb::GetReservationStatusRequest>,
     ) -> Result<Response<pb::ReservationStatus>, Status> {
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
-        match self.store.get(id).await.map_err(|e| db_status("GetReservationStatus", e))? {
+        match self
+            .store
+            .get(id)
+            .await
+            .map_err(|e| db_status("GetReservationStatus", e))?
+        {
             Some(s) => Ok(Response::new(to_pb(s))),
             None => Err(Status::not_found(format!(
                 "no status for reservation {id} yet; a new reservation appears within moments"
@@ -98,7 +104,8 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
             None
         } else {
             Some(format_day(
-                parse_day("reservation_date", &req.reservation_date).map_err(|e| Status::invalid_argument(e.to_string()))?,
+                parse_day("reservation_date", &req.reservation_date)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
             ))
         };
         let page = Page::from_request(req.page_size, &req.page_token)?;
@@ -109,7 +116,10 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
             .map_err(|e| db_status("ListReservationStatuses", e))?;
         let next_page_token = page.next_token(rows.len(), rows.last().map(|v| v.reservation_id));
         Ok(Response::new(pb::ListReservationStatusesResponse {
-            statuses: rows.into_iter().map(|v| view_to_pb(v, Vec::new())).collect(),
+            statuses: rows
+                .into_iter()
+                .map(|v| view_to_pb(v, Vec::new()))
+                .collect(),
             next_page_token,
         }))
     }

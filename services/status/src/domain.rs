@@ -203,16 +203,37 @@ mod tests {
 
     fn events() -> Vec<Payload> {
         vec![
-            Payload::TicketReserved(TicketReserved { reservation_id: 1, member_id: 7, reservation_date: "2026-12-01".into() }),
-            Payload::Occupied(Occupied { reservation_id: 1, member_id: 7, reservation_date: "2026-12-01".into(), parking_lot_id: 11, space_number: 3 }),
-            Payload::DeliveryRequested(DeliveryRequested { reservation_id: 1, delivery_id: 21, member_id: 7, reservation_date: "2026-12-01".into(), space_number: 3 }),
-            Payload::Shipped(Shipped { reservation_id: 1, delivery_id: 21 }),
+            Payload::TicketReserved(TicketReserved {
+                reservation_id: 1,
+                member_id: 7,
+                reservation_date: "2026-12-01".into(),
+            }),
+            Payload::Occupied(Occupied {
+                reservation_id: 1,
+                member_id: 7,
+                reservation_date: "2026-12-01".into(),
+                parking_lot_id: 11,
+                space_number: 3,
+            }),
+            Payload::DeliveryRequested(DeliveryRequested {
+                reservation_id: 1,
+                delivery_id: 21,
+                member_id: 7,
+                reservation_date: "2026-12-01".into(),
+                space_number: 3,
+            }),
+            Payload::Shipped(Shipped {
+                reservation_id: 1,
+                delivery_id: 21,
+            }),
         ]
     }
 
     fn fold(order: &[usize]) -> View {
         let all = events();
-        order.iter().fold(View::empty(1), |v, i| apply(v, &fact_of(&all[*i])))
+        order
+            .iter()
+            .fold(View::empty(1), |v, i| apply(v, &fact_of(&all[*i])))
     }
 
     #[test]
@@ -251,15 +272,34 @@ mod tests {
 
     #[test]
     fn a_later_stage_never_goes_back() {
-        let v = apply(View::empty(1), &Fact { reservation_id: 1, stage: Some(Stage::Vacated), ..Fact::default() });
-        let v = apply(v, &Fact { reservation_id: 1, stage: Some(Stage::Reserved), ..Fact::default() });
+        let v = apply(
+            View::empty(1),
+            &Fact {
+                reservation_id: 1,
+                stage: Some(Stage::Vacated),
+                ..Fact::default()
+            },
+        );
+        let v = apply(
+            v,
+            &Fact {
+                reservation_id: 1,
+                stage: Some(Stage::Reserved),
+                ..Fact::default()
+            },
+        );
         assert_eq!(v.stage, Stage::Vacated);
         assert_eq!(Stage::FullyOccupied.rank(), Stage::Occupied.rank());
     }
 
     #[test]
     fn stage_names_round_trip() {
-        for s in ["STAGE_RESERVED", "STAGE_VACATED", "STAGE_UNSPECIFIED", "STAGE_FULLY_OCCUPIED"] {
+        for s in [
+            "STAGE_RESERVED",
+            "STAGE_VACATED",
+            "STAGE_UNSPECIFIED",
+            "STAGE_FULLY_OCCUPIED",
+        ] {
             assert_eq!(Stage::parse(s).map(Stage::as_str), Some(s));
         }
         assert_eq!(Stage::parse("x"), None);

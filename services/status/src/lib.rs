@@ -24,13 +24,21 @@ use tokio_util::sync::CancellationToken;
 
 /// Configuration of the status service.
 #[derive(clap::Parser, Debug, Clone)]
-#[command(name = "status", version, about = "reservationStatus service (parking.v1.ReservationStatusService)")]
+#[command(
+    name = "status",
+    version,
+    about = "reservationStatus service (parking.v1.ReservationStatusService)"
+)]
 pub struct Config {
     /// gRPC listen address.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50054")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://var/status.db?mode=rwc")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://var/status.db?mode=rwc"
+    )]
     pub database_url: String,
     #[command(flatten)]
     pub events: EventArgs,

@@ -54,14 +54,47 @@ impl MigrationTrait for CreateView {
                 Table::create()
                     .table(ReservationStatus::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(ReservationStatus::ReservationId).big_integer().not_null().primary_key())
-                    .col(ColumnDef::new(ReservationStatus::MemberId).big_integer().not_null())
-                    .col(ColumnDef::new(ReservationStatus::ReservationDate).string_len(10).not_null())
-                    .col(ColumnDef::new(ReservationStatus::Stage).string_len(32).not_null())
-                    .col(ColumnDef::new(ReservationStatus::ParkingLotId).big_integer().not_null())
-                    .col(ColumnDef::new(ReservationStatus::TicketDeliveryId).big_integer().not_null())
-                    .col(ColumnDef::new(ReservationStatus::SpaceNumber).integer().not_null())
-                    .col(ColumnDef::new(ReservationStatus::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(ReservationStatus::ReservationId)
+                            .big_integer()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::MemberId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::ReservationDate)
+                            .string_len(10)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::Stage)
+                            .string_len(32)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::ParkingLotId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::TicketDeliveryId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::SpaceNumber)
+                            .integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ReservationStatus::UpdatedAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -75,11 +108,32 @@ impl MigrationTrait for CreateView {
                 Table::create()
                     .table(StatusHistory::Table)
                     .if_not_exists()
-                    .col(ColumnDef::new(StatusHistory::EventId).string().not_null().primary_key())
-                    .col(ColumnDef::new(StatusHistory::ReservationId).big_integer().not_null())
-                    .col(ColumnDef::new(StatusHistory::EventType).string_len(64).not_null())
-                    .col(ColumnDef::new(StatusHistory::Stage).string_len(32).not_null())
-                    .col(ColumnDef::new(StatusHistory::OccurredAt).timestamp_with_time_zone().not_null())
+                    .col(
+                        ColumnDef::new(StatusHistory::EventId)
+                            .string()
+                            .not_null()
+                            .primary_key(),
+                    )
+                    .col(
+                        ColumnDef::new(StatusHistory::ReservationId)
+                            .big_integer()
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(StatusHistory::EventType)
+                            .string_len(64)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(StatusHistory::Stage)
+                            .string_len(32)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(StatusHistory::OccurredAt)
+                            .timestamp_with_time_zone()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

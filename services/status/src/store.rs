@@ -122,7 +122,11 @@ impl Store {
             space_number: Set(0),
             updated_at: Set(now),
         })
-        .on_conflict(OnConflict::column(view::Column::ReservationId).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(view::Column::ReservationId)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
         view::Entity::update_many()
@@ -152,10 +156,19 @@ impl Store {
             event_id: Set(event.event_id.to_owned()),
             reservation_id: Set(id),
             event_type: Set(event.event_type.to_owned()),
-            stage: Set(event.fact.stage.unwrap_or(Stage::Unspecified).as_str().to_owned()),
+            stage: Set(event
+                .fact
+                .stage
+                .unwrap_or(Stage::Unspecified)
+                .as_str()
+                .to_owned()),
             occurred_at: Set(event.occurred_at),
         })
-        .on_conflict(OnConflict::column(history::Column::EventId).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::column(history::Column::EventId)
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
         txn.commit().await?;
@@ -164,7 +177,10 @@ impl Store {
 
     /// A reservation's status with its history (oldest first).
     pub async fn get(&self, reservation_id: i64) -> Result<Option<Status>, DbErr> {
-        let Some(row) = view::Entity::find_by_id(reservation_id).one(&self.db).await? else {
+        let Some(row) = view::Entity::find_by_id(reservation_id)
+            .one(&self.db)
+            .await?
+        else {
             return Ok(None);
         };
         let history = history::Entity::find()
@@ -188,7 +204,12 @@ impl Store {
     }
 
     /// Statuses filtered by member and/or day, by reservation id.
-    pub async fn list(&self, member_id: Option<i64>, date: Option<&str>, page: Page) -> Result<Vec<View>, DbErr> {
+    pub async fn list(
+        &self,
+        member_id: Option<i64>,
+        date: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<View>, DbErr> {
         let mut query = view::Entity::find().filter(view::Column::ReservationId.gt(page.after_id));
         if let Some(m) = member_id {
             query = query.filter(view::Column::MemberId.eq(m));
