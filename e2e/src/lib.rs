@@ -100,6 +100,16 @@ pub fn day(offset: u64) -> String {
         .to_string()
 }
 
+/// Yesterday in the car park's default time zone.
+pub fn yesterday() -> String {
+    let today: NaiveDate = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Seoul)
+        .date_naive();
+    (today - chrono::Days::new(1))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
 /// Options of a cluster.
 #[derive(Debug, Clone)]
 pub struct Options {
