@@ -1,0 +1,18 @@
+# parking-mesh: `make run` starts everything locally, `make test` runs the whole suite.
+.PHONY: run test build fmt lint
+
+run:
+	bash scripts/run.sh
+
+test:
+	bash scripts/test.sh
+
+build:
+	cargo build --workspace --bins
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

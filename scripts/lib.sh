@@ -1,0 +1,77 @@
+# Shared by `make run`, `make test` and .ci/run: find or start what the services need.
+# shellcheck shell=bash
+
+say() { printf '%s\n' "$*" >&2; }
+
+# listening HOST PORT: true when something accepts TCP connections there.
+listening() {
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# wait_listening HOST PORT SECONDS
+wait_listening() {
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    listening "$1" "$2" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  if [ -z "${PARKING_APT_UPDATED:-}" ]; then
+    as_root apt-get update -qq >&2 || return 1
+    export PARKING_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >&2
+}
+
+# ensure_nats: uses NATS_URL if set; else 127.0.0.1:4222 if listening; else starts a
+# local nats-server with JetStream (data under ./var/nats), installing it if it can.
+ensure_nats() {
+  if [ -n "${NATS_URL:-}" ]; then
+    say "NATS: using NATS_URL=$NATS_URL"
+    return 0
+  fi
+  export NATS_URL=nats://127.0.0.1:4222
+  if listening 127.0.0.1 4222; then
+    say "NATS: already listening on 127.0.0.1:4222"
+    return 0
+  fi
+  if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    say "NATS: installing nats-server from Debian's packages"
+    apt_install nats-server || { say "cannot install nats-server; set NATS_URL to a NATS with JetStream"; return 1; }
+  fi
+  local bin
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  mkdir -p var/nats
+  say "NATS: starting $bin with JetStream on 127.0.0.1:4222 (data in var/nats, log in var/nats.log)"
+  nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$PWD/var/nats" -l "$PWD/var/nats.log" >/dev/null 2>&1 &
+  echo $! > var/nats.pid
+  wait_listening 127.0.0.1 4222 20 || { say "nats-server did not start; see var/nats.log"; return 1; }
+}
+
+# ensure_postgres: 127.0.0.1:5432 for the PostgreSQL half of the tests; installs and
+# starts Debian's cluster when nothing listens there.
+ensure_postgres() {
+  if listening 127.0.0.1 5432; then
+    say "PostgreSQL: already listening on 127.0.0.1:5432"
+    return 0
+  fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    say "PostgreSQL: installing from Debian's packages"
+    apt_install postgresql || { say "cannot install PostgreSQL; set TEST_POSTGRES_URL"; return 1; }
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  say "PostgreSQL: starting cluster $version/main"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+  wait_listening 127.0.0.1 5432 30 || { say "PostgreSQL did not start"; return 1; }
+  # A fresh cluster asks for a password over TCP: give postgres the one the tests use.
+  as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >&2 || true
+}
