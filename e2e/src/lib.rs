@@ -566,6 +566,22 @@ where
     }
 }
 
+/// Declares each named `async fn scenario(backend: Backend)` as two tests, one per
+/// database: `sqlite::scenario` and `postgres::scenario`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Backend::Postgres).await })*
+        }
+    };
+}
+
 /// Short helpers for requests.
 pub fn reserve(member_id: i64, date: &str) -> pb::ReserveTicketRequest {
     pb::ReserveTicketRequest {

@@ -8,20 +8,7 @@ use parking_proto::v1 as pb;
 use std::time::Duration;
 use tonic::Code;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(parking_e2e::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(parking_e2e::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_backends!(
+parking_e2e::on_both_backends!(
     bad_input_gets_a_clear_status_and_changes_nothing,
     watch_streams_every_stage
 );

@@ -10,21 +10,7 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Runs each scenario against both databases.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(parking_e2e::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(parking_e2e::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_backends!(
+parking_e2e::on_both_backends!(
     reserve_confirm_deliver_ship,
     capacity_five_six_members,
     cancel_vacates_after_delivery_and_frees_the_space,

@@ -11,7 +11,7 @@
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
 //! - [`paging`]: page sizes and page tokens for list calls.
-//! - [`runtime`]: background tasks beside the server, and start-up errors.
+//! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 //! - [`telemetry`]: logging set-up.
 #![forbid(unsafe_code)]

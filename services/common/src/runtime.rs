@@ -1,8 +1,23 @@
-//! The life of a service process: background tasks (relay, consumers) beside the gRPC
-//! server, all stopped by one token, and the start-up errors a binary reports.
+//! The life of a service process, the same for every service: open and migrate the
+//! database, bind the gRPC port, connect to JetStream, run the outbox relay and the event
+//! policies beside the gRPC server, and stop them all with one token.
 
+use crate::config::{redact_url, EventArgs};
+use crate::consumer::{self, EventHandler, Subscription};
+use crate::events::EventContext;
+use crate::outbox::Outbox;
+use crate::{db, grpc, nats};
+use http::{Request, Response};
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::server::NamedService;
 
 /// A service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -15,38 +30,97 @@ pub enum StartError {
     Serve(#[from] crate::grpc::ServeError),
 }
 
-/// Background tasks of a service, stopped by the same token as its server.
-pub struct Background {
-    tasks: JoinSet<()>,
-    shutdown: CancellationToken,
+/// Where a service listens and keeps its data.
+#[derive(Debug, Clone)]
+pub struct Endpoints<'a> {
+    /// Service name, for logs and the NATS connection name.
+    pub name: &'static str,
+    pub listen: SocketAddr,
+    pub database_url: &'a str,
+    pub events: &'a EventArgs,
 }
 
-impl Background {
-    /// Tasks that stop when `shutdown` is cancelled.
-    pub fn new(shutdown: CancellationToken) -> Self {
-        Self {
+/// A started service: its database, JetStream and outbox, and the tasks beside its server.
+pub struct Host {
+    pub db: DatabaseConnection,
+    pub js: async_nats::jetstream::Context,
+    /// The service's outbox (unused by a service that publishes nothing).
+    pub outbox: Outbox,
+    listener: TcpListener,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    namespace: String,
+    concurrency: usize,
+}
+
+impl Host {
+    /// Opens the database (migrating it with `M`), binds the port and connects to NATS.
+    /// NATS may be down: the client connects in the background.
+    pub async fn start<M: MigratorTrait>(
+        at: Endpoints<'_>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StartError> {
+        tracing::info!(
+            service = at.name,
+            listen = %at.listen,
+            database = %redact_url(at.database_url),
+            nats = %redact_url(&at.events.nats_url),
+            namespace = %at.events.event_namespace,
+            "starting"
+        );
+        let db = db::connect_and_migrate::<M>(at.database_url).await?;
+        let listener = grpc::bind(at.listen).await?;
+        let js = nats::connect(&at.events.nats_url, at.name).await?;
+        Ok(Self {
+            db,
+            js,
+            outbox: Outbox::new(&at.events.event_namespace),
+            listener,
             tasks: JoinSet::new(),
             shutdown,
-        }
+            namespace: at.events.event_namespace.clone(),
+            concurrency: at.events.consumer_concurrency,
+        })
     }
 
-    /// The token tasks should watch.
-    pub fn shutdown(&self) -> CancellationToken {
-        self.shutdown.clone()
+    /// Runs the outbox relay, publishing to the stream of `context`.
+    pub fn relay(&mut self, context: EventContext) {
+        let relay = self.outbox.relay(self.db.clone(), self.js.clone(), context);
+        self.tasks.spawn(relay.run(self.shutdown.clone()));
     }
 
-    /// Starts a task.
-    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
+    /// Runs an event policy on its durable consumer.
+    pub fn follow<H: EventHandler>(&mut self, subscription: Subscription, handler: Arc<H>) {
+        self.tasks.spawn(consumer::run(
+            self.js.clone(),
+            self.namespace.clone(),
+            subscription,
+            handler,
+            self.concurrency,
+            self.shutdown.clone(),
+        ));
     }
 
-    /// Cancels every task (if not yet) and waits until each has finished its in-flight work.
-    pub async fn stop(mut self) {
+    /// Serves `service` until shutdown, then waits for the relay and the policies to
+    /// finish their in-flight work.
+    pub async fn serve<S>(mut self, service: S) -> Result<(), StartError>
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let served = grpc::serve(self.listener, service, self.shutdown.clone()).await;
+        // A server that failed takes its tasks down with it.
         self.shutdown.cancel();
         while let Some(result) = self.tasks.join_next().await {
             if let Err(error) = result {
                 tracing::error!(%error, "background task panicked");
             }
         }
+        served.map_err(Into::into)
     }
 }

@@ -15,12 +15,10 @@ pub mod migration;
 pub mod policy;
 pub mod store;
 
-use parking_common::config::{redact_url, EventArgs};
+use parking_common::config::EventArgs;
 use parking_common::events::EventContext;
-use parking_common::outbox::Outbox;
 use parking_common::pb::ticket_delivery_service_server::TicketDeliveryServiceServer;
-use parking_common::runtime::{Background, StartError};
-use parking_common::{consumer, db, grpc, nats};
+use parking_common::runtime::{Endpoints, Host, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -49,41 +47,21 @@ pub struct Config {
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    tracing::info!(
-        listen = %config.listen,
-        database = %redact_url(&config.database_url),
-        nats = %redact_url(&config.events.nats_url),
-        namespace = %config.events.event_namespace,
-        "starting delivery"
-    );
-    let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url).await?;
-    let listener = grpc::bind(config.listen).await?;
-    let js = nats::connect(&config.events.nats_url, "delivery").await?;
-    let outbox = Outbox::new(&config.events.event_namespace);
-    let store = store::Store::new(db.clone(), outbox.clone());
-
-    let mut background = Background::new(shutdown.clone());
-    background.spawn(
-        outbox
-            .relay(db, js.clone(), EventContext::Delivery)
-            .run(shutdown.clone()),
-    );
-    background.spawn(consumer::run(
-        js,
-        config.events.event_namespace.clone(),
+    let endpoints = Endpoints {
+        name: "delivery",
+        listen: config.listen,
+        database_url: &config.database_url,
+        events: &config.events,
+    };
+    let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
+    let store = store::Store::new(host.db.clone(), host.outbox.clone());
+    host.relay(EventContext::Delivery);
+    host.follow(
         policy::RequestDelivery::subscription(),
         Arc::new(policy::RequestDelivery {
             store: store.clone(),
         }),
-        config.events.consumer_concurrency,
-        shutdown.clone(),
-    ));
-    let served = grpc::serve(
-        listener,
-        TicketDeliveryServiceServer::new(api::Api { store }),
-        shutdown,
-    )
-    .await;
-    background.stop().await;
-    served.map_err(Into::into)
+    );
+    host.serve(TicketDeliveryServiceServer::new(api::Api { store }))
+        .await
 }

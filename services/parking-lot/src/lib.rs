@@ -16,12 +16,10 @@ pub mod migration;
 pub mod policy;
 pub mod store;
 
-use parking_common::config::{redact_url, CalendarArgs, EventArgs};
+use parking_common::config::{CalendarArgs, EventArgs};
 use parking_common::events::EventContext;
-use parking_common::outbox::Outbox;
 use parking_common::pb::parking_lot_service_server::ParkingLotServiceServer;
-use parking_common::runtime::{Background, StartError};
-use parking_common::{consumer, db, grpc, nats};
+use parking_common::runtime::{Endpoints, Host, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,14 +73,10 @@ pub enum Error {
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     tracing::info!(
-        listen = %config.listen,
-        database = %redact_url(&config.database_url),
-        nats = %redact_url(&config.events.nats_url),
-        namespace = %config.events.event_namespace,
         max_parking = config.max_parking,
         delivery = %config.delivery_url,
         delivery_timeout_ms = config.delivery_timeout_ms,
-        "starting parking-lot"
+        "parking-lot settings"
     );
     let delivery = delivery::GrpcDelivery::new(
         &config.delivery_url,
@@ -92,50 +86,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         url: config.delivery_url.clone(),
         source,
     })?;
-    let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url)
-        .await
-        .map_err(StartError::from)?;
-    let listener = grpc::bind(config.listen).await.map_err(StartError::from)?;
-    let js = nats::connect(&config.events.nats_url, "parking-lot")
-        .await
-        .map_err(StartError::from)?;
-    let outbox = Outbox::new(&config.events.event_namespace);
-    let store = store::Store::new(db.clone(), outbox.clone(), config.max_parking);
-
-    let mut background = Background::new(shutdown.clone());
-    background.spawn(
-        outbox
-            .relay(db, js.clone(), EventContext::ParkingLot)
-            .run(shutdown.clone()),
-    );
-    let ns = config.events.event_namespace.clone();
-    let concurrency = config.events.consumer_concurrency;
-    background.spawn(consumer::run(
-        js.clone(),
-        ns.clone(),
+    let endpoints = Endpoints {
+        name: "parking-lot",
+        listen: config.listen,
+        database_url: &config.database_url,
+        events: &config.events,
+    };
+    let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
+    let store = store::Store::new(host.db.clone(), host.outbox.clone(), config.max_parking);
+    host.relay(EventContext::ParkingLot);
+    host.follow(
         policy::Allocate::subscription(),
         Arc::new(policy::Allocate {
             store: store.clone(),
         }),
-        concurrency,
-        shutdown.clone(),
-    ));
-    background.spawn(consumer::run(
-        js,
-        ns,
+    );
+    host.follow(
         policy::Vacate::subscription(),
         Arc::new(policy::Vacate {
             store: store.clone(),
             delivery: Arc::new(delivery),
         }),
-        concurrency,
-        shutdown.clone(),
-    ));
+    );
     let api = api::Api {
         store,
         calendar: config.calendar.calendar(),
     };
-    let served = grpc::serve(listener, ParkingLotServiceServer::new(api), shutdown).await;
-    background.stop().await;
-    served.map_err(|e| Error::Start(e.into()))
+    Ok(host.serve(ParkingLotServiceServer::new(api)).await?)
 }

@@ -14,12 +14,10 @@ pub mod migration;
 pub mod policy;
 pub mod store;
 
-use parking_common::config::{redact_url, CalendarArgs, EventArgs};
+use parking_common::config::{CalendarArgs, EventArgs};
 use parking_common::events::EventContext;
-use parking_common::outbox::Outbox;
 use parking_common::pb::ticket_reservation_service_server::TicketReservationServiceServer;
-use parking_common::runtime::{Background, StartError};
-use parking_common::{consumer, db, grpc, nats};
+use parking_common::runtime::{Endpoints, Host, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -51,41 +49,28 @@ pub struct Config {
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     tracing::info!(
-        listen = %config.listen,
-        database = %redact_url(&config.database_url),
-        nats = %redact_url(&config.events.nats_url),
-        namespace = %config.events.event_namespace,
         time_zone = %config.calendar.time_zone,
         booking_window_days = config.calendar.booking_window_days,
-        "starting reservation"
+        "calendar"
     );
-    let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url).await?;
-    let listener = grpc::bind(config.listen).await?;
-    let js = nats::connect(&config.events.nats_url, "reservation").await?;
-    let outbox = Outbox::new(&config.events.event_namespace);
-    let store = store::Store::new(db.clone(), outbox.clone());
-
-    let mut background = Background::new(shutdown.clone());
-    background.spawn(
-        outbox
-            .relay(db, js.clone(), EventContext::Reservation)
-            .run(shutdown.clone()),
-    );
-    background.spawn(consumer::run(
-        js,
-        config.events.event_namespace.clone(),
+    let endpoints = Endpoints {
+        name: "reservation",
+        listen: config.listen,
+        database_url: &config.database_url,
+        events: &config.events,
+    };
+    let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
+    let store = store::Store::new(host.db.clone(), host.outbox.clone());
+    host.relay(EventContext::Reservation);
+    host.follow(
         policy::Settle::subscription(),
         Arc::new(policy::Settle {
             store: store.clone(),
         }),
-        config.events.consumer_concurrency,
-        shutdown.clone(),
-    ));
+    );
     let api = api::Api {
         store,
         calendar: config.calendar.calendar(),
     };
-    let served = grpc::serve(listener, TicketReservationServiceServer::new(api), shutdown).await;
-    background.stop().await;
-    served.map_err(Into::into)
+    host.serve(TicketReservationServiceServer::new(api)).await
 }

@@ -14,10 +14,9 @@ pub mod migration;
 pub mod policy;
 pub mod store;
 
-use parking_common::config::{redact_url, EventArgs};
+use parking_common::config::EventArgs;
 use parking_common::pb::reservation_status_service_server::ReservationStatusServiceServer;
-use parking_common::runtime::{Background, StartError};
-use parking_common::{consumer, db, grpc, nats};
+use parking_common::runtime::{Endpoints, Host, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -46,40 +45,26 @@ pub struct Config {
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    tracing::info!(
-        listen = %config.listen,
-        database = %redact_url(&config.database_url),
-        nats = %redact_url(&config.events.nats_url),
-        namespace = %config.events.event_namespace,
-        "starting status"
-    );
-    let db = db::connect_and_migrate::<migration::Migrator>(&config.database_url).await?;
-    let listener = grpc::bind(config.listen).await?;
-    let js = nats::connect(&config.events.nats_url, "status").await?;
-    let store = store::Store::new(db);
+    let endpoints = Endpoints {
+        name: "status",
+        listen: config.listen,
+        database_url: &config.database_url,
+        events: &config.events,
+    };
+    let mut host = Host::start::<migration::Migrator>(endpoints, shutdown.clone()).await?;
+    let store = store::Store::new(host.db.clone());
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     let projection = Arc::new(policy::Project {
         store: store.clone(),
         changes: changes.clone(),
     });
-
-    let mut background = Background::new(shutdown.clone());
     for subscription in policy::Project::subscriptions() {
-        background.spawn(consumer::run(
-            js.clone(),
-            config.events.event_namespace.clone(),
-            subscription,
-            projection.clone(),
-            config.events.consumer_concurrency,
-            shutdown.clone(),
-        ));
+        host.follow(subscription, projection.clone());
     }
     let api = api::Api {
         store,
         changes,
-        shutdown: shutdown.clone(),
+        shutdown,
     };
-    let served = grpc::serve(listener, ReservationStatusServiceServer::new(api), shutdown).await;
-    background.stop().await;
-    served.map_err(Into::into)
+    host.serve(ReservationStatusServiceServer::new(api)).await
 }
