@@ -159,6 +159,9 @@ impl Cluster {
     /// Sets up namespace, ports and databases without starting anything.
     pub async fn prepare(backend: Backend, options: Options) -> Self {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS must be running (NATS_URL)");
         let folder = std::env::temp_dir().join(format!("parking-e2e-{namespace}"));
         std::fs::create_dir_all(&folder).unwrap();
         let mut databases = HashMap::new();
@@ -190,9 +193,6 @@ impl Cluster {
             databases.insert(svc, url);
         }
         let ports = Svc::ALL.into_iter().map(|s| (s, free_port())).collect();
-        let client = async_nats::connect(nats_url())
-            .await
-            .expect("NATS must be running (NATS_URL)");
         Self {
             backend,
             namespace,

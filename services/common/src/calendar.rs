@@ -92,8 +92,8 @@ impl Calendar {
                 tz: self.tz,
             });
         }
-        let last = today + chrono::Days::new(u64::from(self.booking_window_days));
-        if day > last {
+        let last = today.checked_add_days(chrono::Days::new(u64::from(self.booking_window_days)));
+        if let Some(last) = last.filter(|last| day > *last) {
             return Err(DateError::TooFarAhead {
                 field,
                 value: day,

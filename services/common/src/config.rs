@@ -25,7 +25,7 @@ pub struct CalendarArgs {
     #[arg(long, env = "PARKING_TIME_ZONE", default_value = "Asia/Seoul")]
     pub time_zone: Tz,
     /// How many days ahead of today booking is open.
-    #[arg(long, env = "BOOKING_WINDOW_DAYS", default_value_t = 30)]
+    #[arg(long, env = "BOOKING_WINDOW_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=3650))]
     pub booking_window_days: u32,
 }
 
@@ -52,25 +52,25 @@ fn parse_namespace(value: &str) -> Result<String, String> {
     }
 }
 
-/// A URL with its password replaced, fit for a start-up log line.
+/// A URL (or a comma-separated list of them) with its credentials hidden, fit for a
+/// start-up log line: `user:***@host` for a password, `***@host` for a token.
 pub fn redact_url(url: &str) -> String {
-    // scheme://user:password@host/...: blank what lies between the first ':' after the
-    // scheme and the '@'.
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let rest = &url[scheme_end..];
+    // The last '@' ends the user info, as URL parsers read it.
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end..];
-    match (rest.find('@'), rest.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!(
-                "{}{}:***{}",
-                &url[..scheme_end],
-                &rest[..colon],
-                &rest[at..]
-            )
-        }
-        _ => url.to_owned(),
-    }
+    let userinfo = &rest[..at];
+    let hidden = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_owned(),
+    };
+    format!("{}{}{}", &url[..scheme_end], hidden, &rest[at..])
 }
 
 #[cfg(test)]
@@ -78,14 +78,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords_only() {
+    fn redacts_credentials() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db:5432/parking"),
             "postgres://app:***@db:5432/parking"
         );
+        // A lone user info may be a token (nats://TOKEN@host): hidden too.
         assert_eq!(
             redact_url("postgres://app@db/parking"),
-            "postgres://app@db/parking"
+            "postgres://***@db/parking"
+        );
+        assert_eq!(
+            redact_url("nats://s3cr3tt0ken@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@db/x"),
+            "postgres://u:***@db/x"
+        );
+        assert_eq!(
+            redact_url("nats://a:one@n1:4222,nats://b:two@n2:4222"),
+            "nats://a:***@n1:4222,nats://b:***@n2:4222"
         );
         assert_eq!(
             redact_url("sqlite://var/a.db?mode=rwc"),

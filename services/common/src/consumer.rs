@@ -35,6 +35,9 @@ pub enum HandleError {
     /// A dependency said "not now" (circuit open, delivery down): retry after `delay`.
     #[error("deferred for {delay:?}: {reason}")]
     Later { delay: Duration, reason: String },
+    /// The event can never be handled (it breaks the contract): stop redelivering it.
+    #[error("poison event: {0}")]
+    Poison(String),
     /// Anything else (database busy, bug): retried with exponential back-off.
     #[error(transparent)]
     Failed(#[from] Box<dyn std::error::Error + Send + Sync>),
@@ -51,6 +54,13 @@ impl From<sea_orm::DbErr> for HandleError {
 pub trait EventHandler: Send + Sync + 'static {
     /// Handles one event. `Ok` acknowledges it; an error has it redelivered.
     async fn handle(&self, event: &Event) -> Result<(), HandleError>;
+}
+
+/// Checks the day an event carries; an event breaking the contract is poison.
+pub fn event_day(value: &str) -> Result<String, HandleError> {
+    crate::calendar::parse_day("reservation_date", value)
+        .map(crate::calendar::format_day)
+        .map_err(|e| HandleError::Poison(e.to_string()))
 }
 
 /// Which events a policy follows and under which durable name.
@@ -83,12 +93,26 @@ pub async fn run<H: EventHandler>(
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         match bind(&js, &namespace, &subscription).await {
-            Ok(consumer) => match consumer.messages().await {
+            // Pull small batches: a prefetched message waits for a handler while its
+            // ack_wait runs, and a long wait would have JetStream redeliver it meanwhile.
+            Ok(consumer) => match consumer
+                .stream()
+                .max_messages_per_batch(concurrency.max(1) * 2)
+                .messages()
+                .await
+            {
                 Ok(messages) => {
                     failures = 0;
                     tracing::info!(durable = %subscription.durable, "consuming");
+                    // Errors in a row mean the stream or the durable is gone (a NATS that
+                    // lost its state): end this pull and bind again.
+                    let mut errors_in_a_row = 0u32;
                     messages
                         .take_until(shutdown.cancelled())
+                        .take_while(move |m| {
+                            errors_in_a_row = if m.is_err() { errors_in_a_row + 1 } else { 0 };
+                            futures::future::ready(errors_in_a_row < 5)
+                        })
                         .for_each_concurrent(concurrency.max(1), |message| {
                             let handler = handler.clone();
                             let durable = subscription.durable.as_str();
@@ -100,7 +124,10 @@ pub async fn run<H: EventHandler>(
                             }
                         })
                         .await;
-                    continue;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    tracing::warn!(durable = %subscription.durable, "pull kept failing; binding again");
                 }
                 Err(error) => {
                     tracing::warn!(%error, durable = %subscription.durable, "cannot pull")
@@ -182,6 +209,10 @@ async fn handle_one<H: EventHandler + ?Sized>(
             Err(HandleError::Later { delay, reason }) => {
                 tracing::info!(?delay, %reason, "deferred");
                 ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+            Err(HandleError::Poison(reason)) => {
+                tracing::error!(%reason, "event refused for good");
+                ack(&message, AckKind::Term).await;
             }
             Err(HandleError::Failed(error)) => {
                 let delay = backoff(delivered);

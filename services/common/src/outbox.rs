@@ -163,6 +163,8 @@ impl Relay {
                     Duration::from_secs(1)
                 }
                 Some(Err(error)) => {
+                    // The stream may be what is missing (a NATS that lost its state).
+                    stream_ready = false;
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(100 << failures.min(6));
                     tracing::warn!(%error, ?backoff, "outbox relay could not publish, retrying");

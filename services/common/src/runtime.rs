@@ -47,7 +47,10 @@ pub struct Host {
     /// The service's outbox (unused by a service that publishes nothing).
     pub outbox: Outbox,
     listener: TcpListener,
+    /// Policies (consumers): stopped with the server.
     tasks: JoinSet<()>,
+    /// The relay: stopped last, so what the last calls and handlers committed goes out.
+    relay: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
     shutdown: CancellationToken,
     namespace: String,
     concurrency: usize,
@@ -77,6 +80,7 @@ impl Host {
             outbox: Outbox::new(&at.events.event_namespace),
             listener,
             tasks: JoinSet::new(),
+            relay: None,
             shutdown,
             namespace: at.events.event_namespace.clone(),
             concurrency: at.events.consumer_concurrency,
@@ -86,7 +90,8 @@ impl Host {
     /// Runs the outbox relay, publishing to the stream of `context`.
     pub fn relay(&mut self, context: EventContext) {
         let relay = self.outbox.relay(self.db.clone(), self.js.clone(), context);
-        self.tasks.spawn(relay.run(self.shutdown.clone()));
+        let stop = CancellationToken::new();
+        self.relay = Some((tokio::spawn(relay.run(stop.clone())), stop));
     }
 
     /// Runs an event policy on its durable consumer.
@@ -119,6 +124,12 @@ impl Host {
         while let Some(result) = self.tasks.join_next().await {
             if let Err(error) = result {
                 tracing::error!(%error, "background task panicked");
+            }
+        }
+        if let Some((relay, stop)) = self.relay.take() {
+            stop.cancel();
+            if let Err(error) = relay.await {
+                tracing::error!(%error, "outbox relay panicked");
             }
         }
         served.map_err(Into::into)

@@ -1,7 +1,7 @@
 //! Policy of TicketDelivery: on Occupied, put a delivery order on the manager's list.
 
 use crate::store::{Order, Store};
-use parking_common::consumer::{Event, EventHandler, HandleError, Subscription};
+use parking_common::consumer::{event_day, Event, EventHandler, HandleError, Subscription};
 use parking_common::events::EventContext;
 use parking_common::pb::event_envelope::Payload;
 
@@ -30,7 +30,7 @@ impl EventHandler for RequestDelivery {
         let order = Order {
             reservation_id: e.reservation_id,
             member_id: e.member_id,
-            reservation_date: e.reservation_date.clone(),
+            reservation_date: event_day(&e.reservation_date)?,
             space_number: e.space_number,
         };
         self.store

@@ -185,17 +185,10 @@ impl Store {
     /// cancellation so a late Occupied creates none.
     pub async fn cancel(&self, reservation_id: i64) -> Result<TicketDelivery, DbErr> {
         let txn = self.db.begin().await?;
-        let changed = Entity::update_many()
-            .col_expr(Column::State, Expr::value(DeliveryState::Canceled.as_str()))
-            .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
-            .filter(Column::ReservationId.eq(reservation_id))
-            .filter(Column::State.is_in(CANCELLABLE.map(|s| s.as_str())))
-            .exec(&txn)
-            .await?
-            .rows_affected
-            == 1;
-        let recorded = !changed
-            && Self::insert_once(
+        let mut changed = Self::mark_canceled(&txn, reservation_id).await?;
+        let mut recorded = false;
+        if !changed {
+            recorded = Self::insert_once(
                 &txn,
                 &Order {
                     reservation_id,
@@ -206,11 +199,23 @@ impl Store {
                 DeliveryState::Canceled,
             )
             .await?;
+            if !recorded {
+                // The insert met an order committed after our first UPDATE looked (PostgreSQL
+                // READ COMMITTED: it waited for that insert); cancel it now that it is visible.
+                changed = Self::mark_canceled(&txn, reservation_id).await?;
+            }
+        }
         let row = Self::by_reservation(&txn, reservation_id)
             .await?
             .ok_or_else(|| {
                 DbErr::RecordNotFound(format!("delivery of reservation {reservation_id}"))
             })?;
+        if row.state != DeliveryState::Canceled {
+            return Err(DbErr::Custom(format!(
+                "delivery of reservation {reservation_id} is {:?} after cancelling",
+                row.state
+            )));
+        }
         if changed || recorded {
             let event = envelope(
                 reservation_id,
@@ -232,6 +237,19 @@ impl Store {
             );
         }
         Ok(row)
+    }
+
+    /// REQUESTED or SHIPPED -> CANCELED; true if a row changed.
+    async fn mark_canceled(txn: &DatabaseTransaction, reservation_id: i64) -> Result<bool, DbErr> {
+        Ok(Entity::update_many()
+            .col_expr(Column::State, Expr::value(DeliveryState::Canceled.as_str()))
+            .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
+            .filter(Column::ReservationId.eq(reservation_id))
+            .filter(Column::State.is_in(CANCELLABLE.map(|s| s.as_str())))
+            .exec(txn)
+            .await?
+            .rows_affected
+            == 1)
     }
 
     /// The manager hands the ticket over.

@@ -2,7 +2,7 @@
 //! adapter puts a deadline on every call; the mesh issue wraps it in Istio-shaped policy.
 
 use parking_common::pb::ticket_delivery_service_client::TicketDeliveryServiceClient;
-use parking_common::pb::CancelDeliveryRequest;
+use parking_common::pb::{CancelDeliveryRequest, DeliveryState};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,7 +49,17 @@ impl DeliveryCanceller for GrpcDelivery {
         request.set_timeout(self.timeout);
         let mut client = self.client.clone();
         match tokio::time::timeout(self.timeout, client.cancel_delivery(request)).await {
-            Ok(Ok(_)) => Ok(()),
+            // Only a delivery reported CANCELED lets the space go.
+            Ok(Ok(response)) if response.get_ref().state() == DeliveryState::DeliveryCanceled => {
+                Ok(())
+            }
+            Ok(Ok(response)) => Err(CancelDeliveryError {
+                code: tonic::Code::FailedPrecondition,
+                message: format!(
+                    "delivery answered {:?}, not cancelled",
+                    response.get_ref().state()
+                ),
+            }),
             Ok(Err(status)) => Err(CancelDeliveryError {
                 code: status.code(),
                 message: status.message().to_owned(),

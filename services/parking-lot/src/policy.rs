@@ -6,7 +6,9 @@
 use crate::delivery::DeliveryCanceller;
 use crate::domain::{on_cancel, OnCancel};
 use crate::store::Store;
-use parking_common::consumer::{backoff, Event, EventHandler, HandleError, Subscription};
+use parking_common::consumer::{
+    backoff, event_day, Event, EventHandler, HandleError, Subscription,
+};
 use parking_common::events::EventContext;
 use parking_common::pb::event_envelope::Payload;
 use std::sync::Arc;
@@ -71,13 +73,14 @@ impl EventHandler for Vacate {
         match on_cancel(allocation.map(|a| a.state)) {
             OnCancel::Nothing => Ok(()),
             OnCancel::RecordEarlyCancel => {
+                let date = event_day(&e.reservation_date)?;
                 self.store
                     .record_early_cancel(
                         VACATE,
                         &event.envelope.event_id,
                         e.reservation_id,
                         e.member_id,
-                        &e.reservation_date,
+                        &date,
                     )
                     .await
             }
