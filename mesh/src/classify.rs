@@ -1,0 +1,210 @@
+//! Classifying a gRPC outcome the way Envoy's outlier detection and retry policy see it.
+//! The grpc-status comes from the trailers, or from the headers of a trailers-only
+//! response; a non-200 HTTP status maps like gRPC's HTTP mapping. Envoy maps grpc-status to
+//! HTTP (UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL / UNKNOWN / DATA_LOSS 500,
+//! UNIMPLEMENTED 501), so those count as 5xx and UNAVAILABLE / DEADLINE_EXCEEDED as
+//! gateway errors (502-504). Failures of our own side (connect, reset, per-try timeout)
+//! count as both, as Envoy counts local-origin errors when they are not split.
+
+use crate::error::BoxError;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tonic::body::Body;
+use tonic::Code;
+
+/// What one call came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// grpc-status 0.
+    Ok,
+    /// A non-OK grpc-status from the upstream.
+    Grpc(Code),
+    /// No answer: connect failure, reset, per-try timeout.
+    LocalOrigin,
+}
+
+impl Outcome {
+    /// Counts toward consecutive5xxErrors.
+    pub fn is_5xx(self) -> bool {
+        match self {
+            Outcome::Ok => false,
+            Outcome::LocalOrigin => true,
+            Outcome::Grpc(code) => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::DataLoss
+                    | Code::Unimplemented
+            ),
+        }
+    }
+
+    /// Counts toward consecutiveGatewayErrors.
+    pub fn is_gateway(self) -> bool {
+        match self {
+            Outcome::Ok => false,
+            Outcome::LocalOrigin => true,
+            Outcome::Grpc(code) => matches!(code, Code::Unavailable | Code::DeadlineExceeded),
+        }
+    }
+}
+
+/// The outcome of a buffered response, stored in its extensions by [`buffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified(pub Outcome);
+
+/// The outcome recorded on a response (OK when the response was never classified).
+pub fn outcome_of(response: &http::Response<Body>) -> Outcome {
+    response
+        .extensions()
+        .get::<Classified>()
+        .map(|c| c.0)
+        .unwrap_or(Outcome::Ok)
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// gRPC's mapping of an HTTP status without grpc-status.
+pub fn code_for_http(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        200 => Code::Unknown,
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// Reads the whole (unary) response body with its trailers, records the outcome in the
+/// response's extensions and gives back an equivalent response.
+pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Body>, BoxError> {
+    let (mut parts, body) = response.into_parts();
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| -> BoxError { Box::new(e) })?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    let code = trailers
+        .as_ref()
+        .and_then(grpc_status)
+        .or_else(|| grpc_status(&parts.headers))
+        .or_else(|| (parts.status != http::StatusCode::OK).then(|| code_for_http(parts.status)));
+    let outcome = match code {
+        Some(Code::Ok) => Outcome::Ok,
+        Some(code) => Outcome::Grpc(code),
+        // No status at all: a broken response, which gRPC reports as UNKNOWN.
+        None => Outcome::Grpc(Code::Unknown),
+    };
+    parts.extensions.insert(Classified(outcome));
+    Ok(http::Response::from_parts(
+        parts,
+        replay_body(data, trailers),
+    ))
+}
+
+/// A body that yields `data` then `trailers`.
+pub fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> Body {
+    let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = Vec::with_capacity(2);
+    if !data.is_empty() {
+        frames.push(Ok(Frame::data(data)));
+    }
+    if let Some(t) = trailers {
+        frames.push(Ok(Frame::trailers(t)));
+    }
+    Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+        frames,
+    )))
+}
+
+/// A trailers-only gRPC response carrying `code` (what Envoy sends for a fault abort).
+pub fn status_response(code: Code, message: &str) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    if let Ok(v) = http::HeaderValue::from_str(message) {
+        headers.insert("grpc-message", v);
+    }
+    response
+        .extensions_mut()
+        .insert(Classified(Outcome::Grpc(code)));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_mapping_of_codes() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+            Code::Unimplemented,
+        ] {
+            assert!(Outcome::Grpc(code).is_5xx(), "{code:?}");
+        }
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::FailedPrecondition,
+            Code::AlreadyExists,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!Outcome::Grpc(code).is_5xx(), "{code:?}");
+        }
+        assert!(Outcome::Grpc(Code::Unavailable).is_gateway());
+        assert!(Outcome::Grpc(Code::DeadlineExceeded).is_gateway());
+        assert!(!Outcome::Grpc(Code::Internal).is_gateway());
+        assert!(Outcome::LocalOrigin.is_5xx() && Outcome::LocalOrigin.is_gateway());
+        assert!(!Outcome::Ok.is_5xx());
+    }
+
+    #[tokio::test]
+    async fn reads_status_from_trailers_or_headers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let response = http::Response::new(replay_body(Bytes::from_static(b"x"), Some(trailers)));
+        let buffered = buffer(response).await.expect("buffers");
+        assert_eq!(outcome_of(&buffered), Outcome::Grpc(Code::Unavailable));
+        let body = buffered.into_body().collect().await.expect("body");
+        assert!(body.trailers().is_some(), "trailers replayed");
+        assert_eq!(body.to_bytes(), Bytes::from_static(b"x"));
+
+        let only = status_response(Code::NotFound, "nope");
+        let (parts, body) = only.into_parts();
+        let mut fresh = http::Response::from_parts(parts, body);
+        fresh.extensions_mut().clear();
+        assert_eq!(
+            outcome_of(&buffer(fresh).await.expect("buffers")),
+            Outcome::Grpc(Code::NotFound)
+        );
+
+        let mut ok = HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let response = http::Response::new(replay_body(Bytes::new(), Some(ok)));
+        assert_eq!(
+            outcome_of(&buffer(response).await.expect("buffers")),
+            Outcome::Ok
+        );
+    }
+}

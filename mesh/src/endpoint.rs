@@ -1,0 +1,97 @@
+//! One endpoint of a host: a tonic `Channel` (one HTTP/2 connection, connected lazily)
+//! whose unary responses are buffered and classified (see [`crate::classify`]).
+
+use crate::classify;
+use crate::error::BoxError;
+use crate::{BoxFuture, Request, Response};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tower::{Service, ServiceExt};
+
+/// Where an endpoint is and the labels subsets select it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointAddr {
+    /// e.g. `http://10.0.0.7:50053`
+    pub uri: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl EndpointAddr {
+    /// Parses `uri` or `key=value,key=value@uri`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (labels, uri) = match text.rsplit_once('@') {
+            Some((labels, uri)) if !labels.contains("://") => (labels, uri),
+            _ => ("", text),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("endpoint label {pair:?} is not key=value"))?;
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Ok(Self {
+            uri: uri.trim().to_owned(),
+            labels: map,
+        })
+    }
+}
+
+/// A classified endpoint.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    channel: Channel,
+}
+
+impl Endpoint {
+    /// Connects lazily: the caller starts while the host is down.
+    pub fn new(addr: &EndpointAddr, connect_timeout: Option<Duration>) -> Result<Self, String> {
+        let mut endpoint = TonicEndpoint::from_shared(addr.uri.clone())
+            .map_err(|e| format!("endpoint {}: {e}", addr.uri))?;
+        endpoint = endpoint.connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(10)));
+        Ok(Self {
+            channel: endpoint.connect_lazy(),
+        })
+    }
+}
+
+impl Service<Request> for Endpoint {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let channel = self.channel.clone();
+        Box::pin(async move {
+            let response = channel
+                .oneshot(request)
+                .await
+                .map_err(|e| -> BoxError { Box::new(e) })?;
+            classify::buffer(response).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses_with_labels() {
+        let plain = EndpointAddr::parse("http://127.0.0.1:50053").expect("valid");
+        assert!(plain.labels.is_empty());
+        let labelled =
+            EndpointAddr::parse("version=v2,zone=a@http://10.0.0.7:50053").expect("valid");
+        assert_eq!(labelled.uri, "http://10.0.0.7:50053");
+        assert_eq!(
+            labelled.labels.get("version").map(String::as_str),
+            Some("v2")
+        );
+        assert!(EndpointAddr::parse("oops@http://x").is_err());
+    }
+}

@@ -1,0 +1,530 @@
+//! Outlier detection across the endpoints of a host (DestinationRule
+//! `outlierDetection`), and the load balancing between the endpoints left.
+//!
+//! As Envoy: an endpoint is ejected at once on its Nth consecutive 5xx
+//! (`consecutive5xxErrors`) or gateway error (`consecutiveGatewayErrors`); it stays out
+//! `baseEjectionTime` x the number of times it was ejected (capped at 300 s or the base,
+//! whichever is longer), and that multiplier decays by one for every `interval` it stays
+//! healthy; at most `maxEjectionPercent` of the endpoints are out at once, but one is
+//! always allowed. With every endpoint out the circuit is open: calls fail at once with
+//! [`CircuitOpen`] (UNAVAILABLE, Envoy's "no healthy upstream" with minHealthPercent 0).
+//!
+//! Differences from Envoy: an ejected endpoint returns as soon as its time is up (Envoy
+//! checks at the next `interval` tick); a call dropped before it finished (a per-try or
+//! route timeout) counts as a gateway error of its endpoint, as Envoy counts an upstream
+//! timeout; the `consecutiveLocalOriginFailures` split is not offered.
+
+use crate::classify::{outcome_of, Outcome};
+use crate::error::{self, BoxError, CircuitOpen};
+use crate::metrics::MeshMetrics;
+use crate::{BoxFuture, Request, Response};
+use rand::Rng;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+/// Envoy's cap on one ejection (max_ejection_time default).
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Eject after this many consecutive 5xx (None: off).
+    pub consecutive_5xx: Option<u32>,
+    /// Eject after this many consecutive gateway errors (None: off).
+    pub consecutive_gateway: Option<u32>,
+    /// How often the ejection multiplier of a healthy endpoint decays.
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    /// 0..=100.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for Config {
+    /// Istio's defaults when outlierDetection is present: 5 x 5xx, 10 s, 30 s, 10 %.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: Some(5),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// How the next endpoint is chosen among those not ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pick {
+    #[default]
+    RoundRobin,
+    Random,
+    /// Power of two choices on requests in flight (Envoy's LEAST_REQUEST).
+    LeastRequest,
+}
+
+#[derive(Debug)]
+struct Health {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections not yet decayed: the next ejection lasts base x (this + 1).
+    multiplier: u32,
+    /// Start of the healthy stretch that decays the multiplier.
+    healthy_since: Instant,
+    in_flight: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    health: Vec<Health>,
+    cursor: usize,
+}
+
+/// Balances calls over endpoints, ejecting outliers when `config` is set.
+pub struct Balancer<S> {
+    host: Arc<str>,
+    endpoints: Arc<Vec<S>>,
+    config: Option<Config>,
+    pick: Pick,
+    state: Arc<Mutex<State>>,
+    metrics: MeshMetrics,
+}
+
+impl<S> Clone for Balancer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+            endpoints: self.endpoints.clone(),
+            config: self.config,
+            pick: self.pick,
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S> Balancer<S> {
+    pub fn new(
+        host: &str,
+        endpoints: Vec<S>,
+        config: Option<Config>,
+        pick: Pick,
+        metrics: MeshMetrics,
+    ) -> Self {
+        let now = Instant::now();
+        let health = endpoints
+            .iter()
+            .map(|_| Health {
+                consecutive_5xx: 0,
+                consecutive_gateway: 0,
+                ejected_until: None,
+                multiplier: 0,
+                healthy_since: now,
+                in_flight: 0,
+            })
+            .collect();
+        Self {
+            host: host.into(),
+            endpoints: Arc::new(endpoints),
+            config,
+            pick,
+            state: Arc::new(Mutex::new(State { health, cursor: 0 })),
+            metrics,
+        }
+    }
+
+    /// Indexes of the endpoints ejected now (for tests and metrics).
+    pub fn ejected(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        self.refresh(&mut state, now);
+        state
+            .health
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.ejected_until.is_some())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Returns endpoints whose time is up and decays multipliers of healthy ones.
+    fn refresh(&self, state: &mut State, now: Instant) {
+        let Some(config) = self.config else { return };
+        for h in &mut state.health {
+            if let Some(until) = h.ejected_until {
+                if now >= until {
+                    h.ejected_until = None;
+                    h.healthy_since = until;
+                }
+            }
+            if h.ejected_until.is_none() && h.multiplier > 0 && !config.interval.is_zero() {
+                let healthy_for = now.saturating_duration_since(h.healthy_since);
+                let steps = (healthy_for.as_nanos() / config.interval.as_nanos()) as u32;
+                if steps > 0 {
+                    h.multiplier = h.multiplier.saturating_sub(steps);
+                    h.healthy_since += config.interval * steps;
+                }
+            }
+        }
+    }
+
+    fn choose(&self, state: &mut State) -> Option<usize> {
+        let up: Vec<usize> = (0..state.health.len())
+            .filter(|i| state.health[*i].ejected_until.is_none())
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        let index = match self.pick {
+            Pick::RoundRobin => {
+                state.cursor = state.cursor.wrapping_add(1);
+                up[state.cursor % up.len()]
+            }
+            Pick::Random => up[rand::thread_rng().gen_range(0..up.len())],
+            Pick::LeastRequest => {
+                let mut rng = rand::thread_rng();
+                let a = up[rng.gen_range(0..up.len())];
+                let b = up[rng.gen_range(0..up.len())];
+                if state.health[b].in_flight < state.health[a].in_flight {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(index)
+    }
+
+    fn record(&self, index: usize, outcome: Outcome) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.health[index].in_flight = state.health[index].in_flight.saturating_sub(1);
+        let Some(config) = self.config else { return };
+        self.refresh(&mut state, now);
+        let h = &mut state.health[index];
+        if h.ejected_until.is_some() {
+            return;
+        }
+        if outcome.is_5xx() {
+            h.consecutive_5xx += 1;
+        } else {
+            h.consecutive_5xx = 0;
+        }
+        if outcome.is_gateway() {
+            h.consecutive_gateway += 1;
+        } else {
+            h.consecutive_gateway = 0;
+        }
+        let tripped = config
+            .consecutive_5xx
+            .is_some_and(|n| n > 0 && h.consecutive_5xx >= n)
+            || config
+                .consecutive_gateway
+                .is_some_and(|n| n > 0 && h.consecutive_gateway >= n);
+        if !tripped {
+            return;
+        }
+        let total = state.health.len();
+        let ejected = state
+            .health
+            .iter()
+            .filter(|h| h.ejected_until.is_some())
+            .count();
+        // Envoy: eject while the share stays within maxEjectionPercent, and always one.
+        let allowed =
+            ejected == 0 || (ejected + 1) * 100 <= total * config.max_ejection_percent as usize;
+        let h = &mut state.health[index];
+        h.consecutive_5xx = 0;
+        h.consecutive_gateway = 0;
+        if !allowed {
+            return;
+        }
+        h.multiplier += 1;
+        let cap = MAX_EJECTION_TIME.max(config.base_ejection_time);
+        let time = (config.base_ejection_time * h.multiplier).min(cap);
+        h.ejected_until = Some(now + time);
+        self.metrics.ejection(&self.host);
+        tracing::warn!(host = %self.host, endpoint = index, ejection = ?time, "endpoint ejected by outlier detection");
+        let ejected = ejected + 1;
+        self.metrics.set_ejected(&self.host, ejected, total);
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding the lock leaves counters only; keep balancing.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records a dropped call as a gateway error (a timeout cut it short).
+struct InFlight<S> {
+    balancer: Balancer<S>,
+    index: usize,
+    done: bool,
+}
+
+impl<S> Drop for InFlight<S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.balancer.record(self.index, Outcome::LocalOrigin);
+        }
+    }
+}
+
+impl<S> Service<Request> for Balancer<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let now = Instant::now();
+        let chosen = {
+            let mut state = lock(&self.state);
+            self.refresh(&mut state, now);
+            let total = state.health.len();
+            let ejected = state
+                .health
+                .iter()
+                .filter(|h| h.ejected_until.is_some())
+                .count();
+            self.metrics.set_ejected(&self.host, ejected, total);
+            match self.choose(&mut state) {
+                Some(i) => {
+                    state.health[i].in_flight += 1;
+                    Ok(i)
+                }
+                None => Err(state
+                    .health
+                    .iter()
+                    .filter_map(|h| h.ejected_until)
+                    .min()
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or_default()),
+            }
+        };
+        let index = match chosen {
+            Ok(i) => i,
+            Err(retry_after) => {
+                self.metrics.fail_fast(&self.host, "circuit_open");
+                let err = error::circuit_open(CircuitOpen {
+                    host: self.host.to_string(),
+                    retry_after,
+                });
+                return Box::pin(async move { Err(err) });
+            }
+        };
+        let endpoint = self.endpoints[index].clone();
+        let mut guard = InFlight {
+            balancer: self.clone(),
+            index,
+            done: false,
+        };
+        Box::pin(async move {
+            let result = endpoint.oneshot(request).await;
+            let outcome = match &result {
+                Ok(response) => outcome_of(response),
+                Err(_) => Outcome::LocalOrigin,
+            };
+            guard.done = true;
+            guard.balancer.record(guard.index, outcome);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::status_response;
+    use crate::testing::{ok_response, request};
+    use tonic::Code;
+    use tower_test::mock;
+
+    /// A balancer over `n` mock endpoints, each answering with what the test sends.
+    type Mocked = Balancer<mock::Mock<Request, Response>>;
+
+    fn balancer(n: usize, config: Config) -> (Mocked, Vec<mock::Handle<Request, Response>>) {
+        let (services, handles): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mock::pair::<Request, Response>()).unzip();
+        (
+            Balancer::new(
+                "h",
+                services,
+                Some(config),
+                Pick::RoundRobin,
+                MeshMetrics::default(),
+            ),
+            handles,
+        )
+    }
+
+    /// Calls once; the endpoint that got it answers `answer`. Returns the endpoint index.
+    async fn call(
+        b: &mut Mocked,
+        handles: &mut [mock::Handle<Request, Response>],
+        answer: Option<Code>,
+    ) -> Result<usize, BoxError> {
+        let fut = b.call(request());
+        // Find which endpoint received it.
+        let task = tokio::spawn(fut);
+        tokio::task::yield_now().await;
+        for _ in 0..50 {
+            for (i, h) in handles.iter_mut().enumerate() {
+                if let Some(Some((_, send))) = futures::FutureExt::now_or_never(h.next_request()) {
+                    send.send_response(match answer {
+                        None => ok_response(),
+                        Some(code) => status_response(code, "test"),
+                    });
+                    task.await.expect("joins")?;
+                    return Ok(i);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        task.await.expect("joins").map(|_| usize::MAX)
+    }
+
+    fn config(consecutive_5xx: u32, max_pct: u32) -> Config {
+        Config {
+            consecutive_5xx: Some(consecutive_5xx),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: max_pct,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_n_consecutive_errors_and_opens_the_circuit() {
+        let (mut b, mut handles) = balancer(1, config(3, 10));
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        call(&mut b, &mut handles, Some(Code::Internal))
+            .await
+            .expect("answered");
+        assert!(b.ejected().is_empty(), "two errors are not three");
+        // A success resets the count.
+        call(&mut b, &mut handles, None).await.expect("answered");
+        for _ in 0..2 {
+            call(&mut b, &mut handles, Some(Code::Unavailable))
+                .await
+                .expect("answered");
+        }
+        assert!(b.ejected().is_empty());
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        assert_eq!(b.ejected(), vec![0], "ejected on the third in a row");
+        // Circuit open: fails at once with the time until the endpoint returns.
+        let err = b.call(request()).await.expect_err("fail fast");
+        let open = crate::error::find::<CircuitOpen>(&*err).expect("circuit open");
+        assert_eq!(open.retry_after, Duration::from_secs(30));
+        // Non-5xx codes are not outliers.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        for _ in 0..5 {
+            call(&mut b, &mut handles, Some(Code::NotFound))
+                .await
+                .expect("answered");
+        }
+        assert!(b.ejected().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_grows_with_each_ejection_and_decays_while_healthy() {
+        let (mut b, mut handles) = balancer(1, config(1, 100));
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        assert_eq!(b.ejected(), vec![0]);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(b.ejected(), vec![0], "first ejection: 30 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.ejected().is_empty());
+        // Second ejection right away: 2 x 30 s.
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(b.ejected(), vec![0], "second ejection: 60 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.ejected().is_empty());
+        // Healthy for two intervals (20 s): the multiplier decays from 2 to 0.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(b.ejected().is_empty(), "back to 30 s after decay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_is_respected_with_several_endpoints() {
+        // 4 endpoints, 50 %: at most two out; every endpoint fails.
+        let (mut b, mut handles) = balancer(4, config(1, 50));
+        for _ in 0..12 {
+            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+        }
+        assert_eq!(b.ejected().len(), 2);
+        // 10 % of 4 is less than one endpoint, but one is always allowed.
+        let (mut b, mut handles) = balancer(4, config(1, 10));
+        for _ in 0..12 {
+            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+        }
+        assert_eq!(b.ejected().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_skips_ejected_endpoints() {
+        let (mut b, mut handles) = balancer(3, config(1, 100));
+        let mut hits = vec![];
+        for _ in 0..3 {
+            hits.push(call(&mut b, &mut handles, None).await.expect("answered"));
+        }
+        hits.sort();
+        assert_eq!(hits, vec![0, 1, 2]);
+        let failed = call(&mut b, &mut handles, Some(Code::DeadlineExceeded))
+            .await
+            .expect("answered");
+        for _ in 0..6 {
+            let i = call(&mut b, &mut handles, None).await.expect("answered");
+            assert_ne!(i, failed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gateway_errors_counted_separately() {
+        let cfg = Config {
+            consecutive_5xx: None,
+            consecutive_gateway: Some(2),
+            ..config(0, 100)
+        };
+        let (mut b, mut handles) = balancer(1, cfg);
+        // INTERNAL is 5xx but not a gateway error: no ejection, and it resets the streak.
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        call(&mut b, &mut handles, Some(Code::Internal))
+            .await
+            .expect("answered");
+        call(&mut b, &mut handles, Some(Code::DeadlineExceeded))
+            .await
+            .expect("answered");
+        assert!(b.ejected().is_empty());
+        call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        assert_eq!(b.ejected(), vec![0]);
+    }
+}

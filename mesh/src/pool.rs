@@ -1,0 +1,190 @@
+//! Connection-pool limits (DestinationRule `connectionPool`), as Envoy's circuit breakers
+//! enforce them: at most `http2MaxRequests` requests in flight to the host and at most
+//! `http1MaxPendingRequests` waiting for one of those slots; anything beyond fails at once
+//! with [`Overflow`] (UNAVAILABLE), never queues without bound.
+//!
+//! Differences from Envoy: gRPC uses one HTTP/2 connection per endpoint here, so
+//! `tcp.maxConnections` is met by construction (any value >= 1), and the pending queue
+//! holds requests waiting for an in-flight slot rather than for a connection.
+
+use crate::error::{self, BoxError, Overflow};
+use crate::metrics::MeshMetrics;
+use crate::{BoxFuture, Request, Response};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// http2MaxRequests: requests in flight at once.
+    pub max_requests: usize,
+    /// http1MaxPendingRequests: requests allowed to wait for a slot.
+    pub max_pending: usize,
+}
+
+impl Default for Config {
+    /// Istio's defaults: 2^32 - 1 each, i.e. no limit.
+    fn default() -> Self {
+        Self {
+            max_requests: u32::MAX as usize,
+            max_pending: u32::MAX as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolLayer {
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    host: String,
+    config: Config,
+    /// In-flight slots.
+    slots: Semaphore,
+    /// Requests waiting for a slot now.
+    pending: AtomicUsize,
+    metrics: MeshMetrics,
+}
+
+impl PoolLayer {
+    pub fn layer(host: &str, config: Config, metrics: MeshMetrics) -> Self {
+        let permits = config.max_requests.min(Semaphore::MAX_PERMITS);
+        Self {
+            state: Arc::new(State {
+                host: host.to_owned(),
+                config,
+                slots: Semaphore::new(permits),
+                pending: AtomicUsize::new(0),
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for PoolLayer {
+    type Service = Pool<S>;
+    fn layer(&self, inner: S) -> Pool<S> {
+        Pool {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S> Service<Request> for Pool<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    /// Always ready: a full pool is answered in `call`, at once, as Envoy does.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.state.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let permit = match state.slots.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    let waiting = state.pending.fetch_add(1, Ordering::AcqRel);
+                    if waiting >= state.config.max_pending {
+                        state.pending.fetch_sub(1, Ordering::AcqRel);
+                        state.metrics.overflow(&state.host);
+                        return Err(error::overflow(Overflow {
+                            host: state.host.clone(),
+                            in_flight: state.config.max_requests,
+                            pending: waiting,
+                        }));
+                    }
+                    let acquired = state.slots.acquire().await;
+                    state.pending.fetch_sub(1, Ordering::AcqRel);
+                    acquired.map_err(|e| -> BoxError { Box::new(e) })?
+                }
+            };
+            let result = inner.oneshot(request).await;
+            drop(permit);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ok_response, request};
+    use tokio_test::{assert_pending, assert_ready};
+    use tower_test::mock;
+
+    #[tokio::test]
+    async fn overflow_fails_fast_and_frees_on_completion() {
+        let (inner, mut handle) = mock::pair::<Request, Response>();
+        let metrics = MeshMetrics::default();
+        let mut svc = PoolLayer::layer(
+            "delivery",
+            Config {
+                max_requests: 1,
+                max_pending: 1,
+            },
+            metrics.clone(),
+        )
+        .layer(inner);
+        // One in flight, one waiting, the third refused at once.
+        let mut first = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(first.poll());
+        let (_, first_send) = handle.next_request().await.expect("first called");
+        let mut second = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(second.poll());
+        let mut third = tokio_test::task::spawn(svc.call(request()));
+        let err = assert_ready!(third.poll()).expect_err("overflow");
+        let status = err.downcast_ref::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(crate::error::find::<Overflow>(&*err).is_some());
+        assert_eq!(metrics.snapshot("delivery").2, 1);
+
+        first_send.send_response(ok_response());
+        assert!(assert_ready!(first.poll()).is_ok());
+        // The waiting one now goes through.
+        assert_pending!(second.poll());
+        let (_, second_send) = handle.next_request().await.expect("second called");
+        second_send.send_response(ok_response());
+        assert!(assert_ready!(second.poll()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn zero_pending_refuses_everything_beyond_in_flight() {
+        let (inner, mut handle) = mock::pair::<Request, Response>();
+        let mut svc = PoolLayer::layer(
+            "h",
+            Config {
+                max_requests: 2,
+                max_pending: 0,
+            },
+            MeshMetrics::default(),
+        )
+        .layer(inner);
+        let mut a = tokio_test::task::spawn(svc.call(request()));
+        let mut b = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(a.poll());
+        assert_pending!(b.poll());
+        let _a = handle.next_request().await;
+        let _b = handle.next_request().await;
+        let mut c = tokio_test::task::spawn(svc.call(request()));
+        assert!(assert_ready!(c.poll()).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! Retries (VirtualService `http[].retries`): `attempts` retries after the first try,
+//! each try bounded by `perTryTimeout`, on the conditions of `retryOn`, spaced by Envoy's
+//! fully jittered exponential back-off (25 ms base, 250 ms cap: the n-th retry waits a
+//! random time in [0, min((2^n - 1) x 25 ms, 250 ms)]).
+//!
+//! The request body is buffered once so every try sends the same bytes (unary calls).
+//! Fail-fast answers (circuit open, pool overflow) are never retried: Envoy's local
+//! replies are not, and they must stay fast.
+
+use crate::classify::{outcome_of, Outcome};
+use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout};
+use crate::metrics::MeshMetrics;
+use crate::{BoxFuture, Request, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use rand::Rng;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::Code;
+use tower::{Layer, Service, ServiceExt};
+
+/// Envoy's back-off base interval.
+pub const BASE_INTERVAL: Duration = Duration::from_millis(25);
+/// Envoy's default back-off cap (10 x base).
+pub const MAX_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The conditions of `retryOn`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// "5xx": any 5xx outcome, no answer, per-try timeout.
+    pub five_xx: bool,
+    /// "gateway-error": UNAVAILABLE, DEADLINE_EXCEEDED, no answer, per-try timeout.
+    pub gateway_error: bool,
+    /// "reset", "connect-failure", "refused-stream": no answer from the upstream.
+    pub local_origin: bool,
+    /// gRPC names: "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable".
+    pub codes: Vec<Code>,
+    /// HTTP statuses ("503", or "retriable-status-codes" meaning 503).
+    pub http_statuses: Vec<u16>,
+}
+
+impl RetryOn {
+    /// Parses Istio's comma-separated `retryOn`; an unknown condition is an error naming it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut on = RetryOn::default();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "connect-failure" | "refused-stream" => on.local_origin = true,
+                "retriable-status-codes" => on.http_statuses.push(503),
+                "cancelled" => on.codes.push(Code::Cancelled),
+                "deadline-exceeded" => on.codes.push(Code::DeadlineExceeded),
+                "internal" => on.codes.push(Code::Internal),
+                "resource-exhausted" => on.codes.push(Code::ResourceExhausted),
+                "unavailable" => on.codes.push(Code::Unavailable),
+                other => match other.parse::<u16>() {
+                    Ok(status) if (100..600).contains(&status) => on.http_statuses.push(status),
+                    _ => {
+                        return Err(format!(
+                            "retryOn condition {other:?} is not supported (use 5xx, gateway-error, reset, connect-failure, \
+                             refused-stream, retriable-status-codes, an HTTP status, or the gRPC names cancelled, \
+                             deadline-exceeded, internal, resource-exhausted, unavailable)"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(on)
+    }
+
+    /// Whether a try's result is worth another try.
+    pub fn matches(&self, result: &Result<Response, BoxError>) -> bool {
+        match result {
+            Ok(response) => {
+                let outcome = outcome_of(response);
+                let code_hit = matches!(outcome, Outcome::Grpc(code) if self.codes.contains(&code));
+                code_hit
+                    || (self.five_xx && outcome.is_5xx())
+                    || (self.gateway_error && outcome.is_gateway())
+                    || self.http_statuses.contains(&response.status().as_u16())
+            }
+            Err(e) if is_fail_fast(&**e) => false,
+            Err(e) if error::find::<PerTryTimeout>(&**e).is_some() => {
+                self.five_xx || self.gateway_error || self.codes.contains(&Code::DeadlineExceeded)
+            }
+            // No answer at all: connect failure or reset.
+            Err(_) => {
+                self.five_xx
+                    || self.gateway_error
+                    || self.local_origin
+                    || self.codes.contains(&Code::Unavailable)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Retries after the first try (Istio's `attempts`).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: RetryOn,
+}
+
+impl Default for Config {
+    /// Istio's default policy when a route says nothing: 2 retries on
+    /// connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes.
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: RetryOn {
+                local_origin: true,
+                codes: vec![Code::Unavailable, Code::Cancelled],
+                http_statuses: vec![503],
+                ..RetryOn::default()
+            },
+        }
+    }
+}
+
+/// The wait before the `retry`-th retry (1-based): uniform in [0, min((2^n - 1) x base, cap)].
+pub fn backoff(retry: u32) -> Duration {
+    let upper = jitter_upper(retry);
+    if upper.is_zero() {
+        return upper;
+    }
+    let nanos = rand::thread_rng().gen_range(0..=upper.as_nanos() as u64);
+    Duration::from_nanos(nanos)
+}
+
+/// The upper bound of the back-off before the `retry`-th retry.
+pub fn jitter_upper(retry: u32) -> Duration {
+    let factor = (1u64 << retry.min(20)).saturating_sub(1);
+    (BASE_INTERVAL * factor as u32).min(MAX_INTERVAL)
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    host: String,
+    config: Config,
+    metrics: MeshMetrics,
+}
+
+impl RetryLayer {
+    pub fn layer(host: &str, config: Config, metrics: MeshMetrics) -> Self {
+        Self {
+            host: host.to_owned(),
+            config,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    layer: RetryLayer,
+}
+
+fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request {
+    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
+        body.clone(),
+    )));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+impl<S> Service<Request> for Retry<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| -> BoxError { Box::new(e) })?
+                .to_bytes();
+            let mut retry = 0u32;
+            loop {
+                let attempt = inner.clone().oneshot(rebuild(&parts, &body));
+                let result = match layer.config.per_try_timeout {
+                    None => attempt.await,
+                    Some(limit) => tokio::time::timeout(limit, attempt)
+                        .await
+                        .unwrap_or_else(|_| Err(error::per_try_timeout(PerTryTimeout(limit)))),
+                };
+                if retry >= layer.config.attempts || !layer.config.retry_on.matches(&result) {
+                    return result;
+                }
+                retry += 1;
+                layer.metrics.retry(&layer.host);
+                tokio::time::sleep(backoff(retry)).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::status_response;
+    use crate::testing::{ok_response, request};
+    use tokio_test::{assert_pending, assert_ready};
+    use tower_test::mock;
+
+    fn layer(
+        attempts: u32,
+        per_try: Option<Duration>,
+        on: &str,
+    ) -> (
+        Retry<mock::Mock<Request, Response>>,
+        mock::Handle<Request, Response>,
+        MeshMetrics,
+    ) {
+        let (inner, handle) = mock::pair::<Request, Response>();
+        let metrics = MeshMetrics::default();
+        let config = Config {
+            attempts,
+            per_try_timeout: per_try,
+            retry_on: RetryOn::parse(on).expect("valid"),
+        };
+        (
+            RetryLayer::layer("h", config, metrics.clone()).layer(inner),
+            handle,
+            metrics,
+        )
+    }
+
+    #[test]
+    fn parses_istio_conditions_and_refuses_unknown_ones() {
+        let on = RetryOn::parse("gateway-error,connect-failure,refused-stream").expect("valid");
+        assert!(on.gateway_error && on.local_origin && !on.five_xx);
+        let on = RetryOn::parse("unavailable, cancelled,503").expect("valid");
+        assert_eq!(on.codes, vec![Code::Unavailable, Code::Cancelled]);
+        assert_eq!(on.http_statuses, vec![503]);
+        let err = RetryOn::parse("5xx,retriable-headers").expect_err("refused");
+        assert!(err.contains("retriable-headers"), "{err}");
+    }
+
+    #[test]
+    fn backoff_bounds_follow_envoy() {
+        assert_eq!(jitter_upper(1), Duration::from_millis(25));
+        assert_eq!(jitter_upper(2), Duration::from_millis(75));
+        assert_eq!(jitter_upper(3), Duration::from_millis(175));
+        assert_eq!(jitter_upper(4), Duration::from_millis(250));
+        assert_eq!(jitter_upper(30), Duration::from_millis(250));
+        for retry in 1..6 {
+            for _ in 0..200 {
+                assert!(backoff(retry) <= jitter_upper(retry));
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_exactly_attempts_times_then_gives_the_last_answer() {
+        let (mut svc, mut handle, metrics) = layer(3, None, "unavailable");
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        for _ in 0..4 {
+            assert_pending!(call.poll());
+            // Let the back-off sleep run out.
+            tokio::time::advance(MAX_INTERVAL).await;
+            assert_pending!(call.poll());
+            let (_, send) = handle.next_request().await.expect("a try");
+            send.send_response(status_response(Code::Unavailable, "down"));
+        }
+        let response = assert_ready!(call.poll()).expect("an answer");
+        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Unavailable));
+        assert_eq!(metrics.snapshot("h").0, 3, "three retries, four tries");
+        // No fifth try was sent.
+        assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_the_first_success_and_ignores_other_codes() {
+        let (mut svc, mut handle, metrics) = layer(5, None, "unavailable");
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_, send) = handle.next_request().await.expect("first try");
+        send.send_response(status_response(Code::Unavailable, "down"));
+        assert_pending!(call.poll());
+        tokio::time::advance(MAX_INTERVAL).await;
+        assert_pending!(call.poll());
+        let (_, send) = handle.next_request().await.expect("second try");
+        send.send_response(ok_response());
+        assert!(assert_ready!(call.poll()).is_ok());
+        assert_eq!(metrics.snapshot("h").0, 1);
+
+        // NOT_FOUND is not in retryOn: one try only.
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_, send) = handle.next_request().await.expect("a try");
+        send.send_response(status_response(Code::NotFound, "no"));
+        let response = assert_ready!(call.poll()).expect("an answer");
+        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_try_timeout_is_retried_within_the_attempts() {
+        let (mut svc, mut handle, metrics) =
+            layer(1, Some(Duration::from_millis(100)), "gateway-error");
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_, _first_never_answered) = handle.next_request().await.expect("first try");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert_pending!(call.poll());
+        tokio::time::advance(MAX_INTERVAL).await;
+        assert_pending!(call.poll());
+        let (_, _second_never_answered) = handle.next_request().await.expect("second try");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        let err = assert_ready!(call.poll()).expect_err("timed out twice");
+        assert!(crate::error::find::<PerTryTimeout>(&*err).is_some());
+        assert_eq!(metrics.snapshot("h").0, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_is_not_retried() {
+        let (inner, _handle) = mock::pair::<Request, Response>();
+        let failing = tower::service_fn(|_req: Request| async {
+            Err::<Response, BoxError>(crate::error::circuit_open(crate::error::CircuitOpen {
+                host: "h".into(),
+                retry_after: Duration::from_secs(1),
+            }))
+        });
+        let _ = inner;
+        let metrics = MeshMetrics::default();
+        let mut svc = RetryLayer::layer(
+            "h",
+            Config {
+                attempts: 5,
+                per_try_timeout: None,
+                retry_on: RetryOn::parse("5xx,unavailable").expect("valid"),
+            },
+            metrics.clone(),
+        )
+        .layer(failing);
+        assert!(svc.call(request()).await.is_err());
+        assert_eq!(metrics.snapshot("h").0, 0);
+    }
+}

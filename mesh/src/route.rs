@@ -1,0 +1,149 @@
+//! VirtualService `http[]` routes: the first route whose `match` accepts the call serves
+//! it (a route without `match` accepts every call). Match blocks are ORed, the conditions
+//! in a block ANDed, as in Istio; `uri` and `headers` with `exact` or `prefix`.
+
+use crate::error::{self, BoxError, NoRoute};
+use crate::{BoxFuture, MeshService, Request, Response};
+use std::task::{Context, Poll};
+use tower::{Service, ServiceExt};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(v) => value == v,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// One `match` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatchBlock {
+    pub uri: Option<StringMatch>,
+    pub headers: Vec<(http::HeaderName, StringMatch)>,
+}
+
+impl MatchBlock {
+    fn accepts(&self, request: &Request) -> bool {
+        self.uri
+            .as_ref()
+            .is_none_or(|m| m.matches(request.uri().path()))
+            && self.headers.iter().all(|(name, m)| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| m.matches(v))
+            })
+    }
+}
+
+#[derive(Clone)]
+pub struct Router {
+    host: String,
+    /// (match blocks, route stack); empty blocks accept everything.
+    routes: Vec<(Vec<MatchBlock>, MeshService)>,
+}
+
+impl Router {
+    pub fn new(host: &str, routes: Vec<(Vec<MatchBlock>, MeshService)>) -> Self {
+        Self {
+            host: host.to_owned(),
+            routes,
+        }
+    }
+}
+
+impl Service<Request> for Router {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let chosen = self
+            .routes
+            .iter()
+            .find(|(blocks, _)| blocks.is_empty() || blocks.iter().any(|b| b.accepts(&request)));
+        match chosen {
+            Some((_, route)) => Box::pin(route.clone().oneshot(request)),
+            None => {
+                let err = error::no_route(NoRoute {
+                    host: self.host.clone(),
+                    path: request.uri().path().to_owned(),
+                });
+                Box::pin(async move { Err(err) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{outcome_of, status_response, Outcome};
+    use crate::testing::request;
+    use tonic::Code;
+
+    fn answering(code: Code) -> MeshService {
+        MeshService::new(tower::service_fn(move |_r: Request| async move {
+            Ok::<_, BoxError>(status_response(code, ""))
+        }))
+    }
+
+    #[tokio::test]
+    async fn first_matching_route_wins() {
+        let cancel = MatchBlock {
+            uri: Some(StringMatch::Exact(
+                "/parking.v1.TicketDeliveryService/CancelDelivery".into(),
+            )),
+            headers: vec![],
+        };
+        let other = MatchBlock {
+            uri: Some(StringMatch::Prefix(
+                "/parking.v1.TicketDeliveryService/".into(),
+            )),
+            headers: vec![(
+                http::HeaderName::from_static("x-test"),
+                StringMatch::Exact("yes".into()),
+            )],
+        };
+        let mut router = Router::new(
+            "delivery",
+            vec![
+                (vec![other], answering(Code::Internal)),
+                (vec![cancel], answering(Code::NotFound)),
+            ],
+        );
+        let response = router.call(request()).await.expect("routed");
+        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::NotFound));
+        let mut with_header = request();
+        with_header
+            .headers_mut()
+            .insert("x-test", http::HeaderValue::from_static("yes"));
+        let response = router.call(with_header).await.expect("routed");
+        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Internal));
+
+        let mut none = Router::new(
+            "delivery",
+            vec![(
+                vec![MatchBlock {
+                    uri: Some(StringMatch::Exact("/x".into())),
+                    headers: vec![],
+                }],
+                answering(Code::Ok),
+            )],
+        );
+        let err = none.call(request()).await.expect_err("no route");
+        assert!(crate::error::find::<NoRoute>(&*err).is_some());
+    }
+}
