@@ -471,6 +471,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_is_respected_with_several_endpoints() {
+        // 3 endpoints, 50 %: one out is 33 % < 50 %, so a second may go (as Envoy); not a third.
+        let (mut b, mut handles) = balancer(3, config(1, 50));
+        for _ in 0..12 {
+            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+        }
+        assert_eq!(b.ejected().len(), 2);
         // 4 endpoints, 50 %: at most two out; every endpoint fails.
         let (mut b, mut handles) = balancer(4, config(1, 50));
         for _ in 0..12 {
