@@ -5,8 +5,8 @@
 //! (`consecutive5xxErrors`) or gateway error (`consecutiveGatewayErrors`); it stays out
 //! `baseEjectionTime` x the number of times it was ejected (capped at 300 s or the base,
 //! whichever is longer), and that multiplier decays by one for every `interval` it stays
-//! healthy; at most `maxEjectionPercent` of the endpoints are out at once, but one is
-//! always allowed. With every endpoint out the circuit is open: calls fail at once with
+//! healthy; the first outlier is always ejected, a further one only while the share
+//! already out is below `maxEjectionPercent`. With every endpoint out the circuit is open: calls fail at once with
 //! [`CircuitOpen`] (UNAVAILABLE, Envoy's "no healthy upstream" with minHealthPercent 0).
 //!
 //! Differences from Envoy: an ejected endpoint returns as soon as its time is up (Envoy
@@ -232,9 +232,9 @@ impl<S> Balancer<S> {
             .iter()
             .filter(|h| h.ejected_until.is_some())
             .count();
-        // Envoy: eject while the share stays within maxEjectionPercent, and always one.
-        let allowed =
-            ejected == 0 || (ejected + 1) * 100 <= total * config.max_ejection_percent as usize;
+        // Envoy: eject the first outlier always, further ones while the share already
+        // ejected is below maxEjectionPercent.
+        let allowed = ejected == 0 || ejected * 100 < total * config.max_ejection_percent as usize;
         let h = &mut state.health[index];
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
