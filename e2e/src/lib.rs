@@ -139,6 +139,10 @@ pub struct Cluster {
     pg_databases: Vec<String>,
     processes: Vec<(Svc, Child)>,
     started: usize,
+    /// The /metrics port of the latest process of each service.
+    metrics_ports: HashMap<Svc, u16>,
+    /// Extra environment for every process of a service (e.g. MESH_CONFIG).
+    extra_env: HashMap<Svc, Vec<(String, String)>>,
     pub js: jetstream::Context,
 }
 
@@ -203,6 +207,8 @@ impl Cluster {
             pg_databases,
             processes: Vec::new(),
             started: 0,
+            metrics_ports: HashMap::new(),
+            extra_env: HashMap::new(),
             js: jetstream::new(client),
         }
     }
@@ -215,7 +221,36 @@ impl Cluster {
         &self.databases[&svc]
     }
 
-    fn command(&self, svc: Svc, port: u16, nats: &str) -> Command {
+    /// Sets an environment variable for every later start of `svc`.
+    pub fn set_env(&mut self, svc: Svc, key: &str, value: &str) {
+        self.extra_env
+            .entry(svc)
+            .or_default()
+            .push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The folder of this cluster (for files a test writes).
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// The text of a service's `/metrics` page.
+    pub async fn metrics(&self, svc: Svc) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self.metrics_ports[&svc];
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    fn command(&self, svc: Svc, port: u16, nats: &str, metrics_port: u16) -> Command {
         let bin = bin_dir().join(svc.binary());
         assert!(
             bin.exists(),
@@ -239,6 +274,8 @@ impl Cluster {
                 "DELIVERY_TIMEOUT_MS",
                 self.options.delivery_timeout_ms.to_string(),
             )
+            .env("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+            .envs(self.extra_env.get(&svc).cloned().unwrap_or_default())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
@@ -270,20 +307,33 @@ impl Cluster {
             .folder
             .join(format!("{}-{}.log", svc.binary(), self.started));
         let file = std::fs::File::create(&log).unwrap();
+        let metrics_port = free_port();
+        self.metrics_ports.insert(svc, metrics_port);
         let child = self
-            .command(svc, port, nats)
+            .command(svc, port, nats, metrics_port)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .unwrap();
         self.processes.push((svc, child));
-        wait_healthy(port).await.unwrap_or_else(|e| {
-            self.dump_logs();
-            panic!(
-                "{} did not become healthy on port {port}: {e}",
-                svc.binary()
-            )
-        });
+        // Healthy, or fail at once when the process died (bad config, taken port).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if wait_healthy(port, Duration::from_millis(500)).await.is_ok() {
+                return;
+            }
+            let exited = self
+                .processes
+                .last_mut()
+                .and_then(|(_, c)| c.try_wait().ok().flatten());
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                self.dump_logs();
+                panic!(
+                    "{} did not become healthy on port {port} (exit: {exited:?})",
+                    svc.binary()
+                );
+            }
+        }
     }
 
     /// Stops every process of a service gracefully (SIGTERM) and waits for it.
@@ -522,9 +572,9 @@ pub async fn channel(port: u16) -> Channel {
         .connect_lazy()
 }
 
-/// Waits until `grpc.health.v1.Health/Check` answers SERVING.
-pub async fn wait_healthy(port: u16) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+/// Waits up to `within` until `grpc.health.v1.Health/Check` answers SERVING.
+pub async fn wait_healthy(port: u16, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel(port).await);

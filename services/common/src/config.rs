@@ -39,6 +39,24 @@ impl CalendarArgs {
     }
 }
 
+/// A listen address that may be switched off ("off").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        value
+            .parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|e| format!("{value:?} is not host:port or \"off\": {e}"))
+    }
+}
+
 fn parse_namespace(value: &str) -> Result<String, String> {
     let ok = !value.is_empty()
         && value.len() <= 32

@@ -10,6 +10,7 @@
 //! - [`consumer`]: durable pull consumers shared by replicas, with retry back-off.
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
+//! - [`metrics`]: the Prometheus registry served at /metrics.
 //! - [`paging`]: page sizes and page tokens for list calls.
 //! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
@@ -23,6 +24,7 @@ pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod inbox;
+pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod paging;

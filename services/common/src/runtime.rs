@@ -38,6 +38,8 @@ pub struct Endpoints<'a> {
     pub listen: SocketAddr,
     pub database_url: &'a str,
     pub events: &'a EventArgs,
+    /// Where `/metrics` is served (None: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A started service: its database, JetStream and outbox, and the tasks beside its server.
@@ -46,7 +48,10 @@ pub struct Host {
     pub js: async_nats::jetstream::Context,
     /// The service's outbox (unused by a service that publishes nothing).
     pub outbox: Outbox,
+    /// Where services register their Prometheus series before `serve`.
+    pub registry: prometheus_client::registry::Registry,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     /// Policies (consumers): stopped with the server.
     tasks: JoinSet<()>,
     /// The relay: stopped last, so what the last calls and handlers committed goes out.
@@ -73,12 +78,18 @@ impl Host {
         );
         let db = db::connect_and_migrate::<M>(at.database_url).await?;
         let listener = grpc::bind(at.listen).await?;
+        let metrics_listener = match at.metrics_listen {
+            Some(addr) => Some(grpc::bind(addr).await?),
+            None => None,
+        };
         let js = nats::connect(&at.events.nats_url, at.name).await?;
         Ok(Self {
             db,
             js,
             outbox: Outbox::new(&at.events.event_namespace),
+            registry: prometheus_client::registry::Registry::default(),
             listener,
+            metrics_listener,
             tasks: JoinSet::new(),
             relay: None,
             shutdown,
@@ -118,6 +129,14 @@ impl Host {
             + 'static,
         S::Future: Send + 'static,
     {
+        if let Some(listener) = self.metrics_listener.take() {
+            let registry = Arc::new(std::mem::take(&mut self.registry));
+            self.tasks.spawn(crate::metrics::serve(
+                listener,
+                registry,
+                self.shutdown.clone(),
+            ));
+        }
         let served = grpc::serve(self.listener, service, self.shutdown.clone()).await;
         // A server that failed takes its tasks down with it.
         self.shutdown.cancel();

@@ -41,6 +41,9 @@ pub struct Config {
         default_value = "sqlite://var/delivery.db?mode=rwc"
     )]
     pub database_url: String,
+    /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9453")]
+    pub metrics_listen: parking_common::config::OptionalAddr,
     #[command(flatten)]
     pub events: EventArgs,
 }
@@ -52,6 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
+        metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
     let store = store::Store::new(host.db.clone(), host.outbox.clone());

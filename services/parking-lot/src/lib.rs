@@ -52,6 +52,9 @@ pub struct Config {
     /// Deadline of one CancelDelivery call, in milliseconds.
     #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 2000)]
     pub delivery_timeout_ms: u64,
+    /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9452")]
+    pub metrics_listen: parking_common::config::OptionalAddr,
     #[command(flatten)]
     pub events: EventArgs,
     #[command(flatten)]
@@ -91,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
+        metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
     let store = store::Store::new(host.db.clone(), host.outbox.clone(), config.max_parking);
