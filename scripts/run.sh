@@ -24,17 +24,19 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# start NAME PORT [VAR=value ...]
 start() {
   local name=$1 port=$2
   shift 2
-  LISTEN_ADDR="127.0.0.1:$port" "./target/debug/$name" "$@" >"var/log/$name.log" 2>&1 &
+  env LISTEN_ADDR="127.0.0.1:$port" "$@" "./target/debug/$name" >"var/log/$name.log" 2>&1 &
   pids+=($!)
 }
 
 # Each service's own DATABASE_URL default is a SQLite file under ./var.
 unset DATABASE_URL LISTEN_ADDR
 start delivery 50053
-start parking-lot 50052
+# ParkingLot calls delivery through the in-process mesh, with the policy Istio would apply.
+start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml
 start reservation 50051
 start status 50054
 for port in 50051 50052 50053 50054; do
@@ -49,6 +51,7 @@ parking-mesh is running (logs in var/log/, data in var/):
   parking-lot  127.0.0.1:50052  parking.v1.ParkingLotService
   delivery     127.0.0.1:50053  parking.v1.TicketDeliveryService
   status       127.0.0.1:50054  parking.v1.ReservationStatusService
+  metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
 
 Try it (grpcurl reads the API by reflection):

@@ -53,3 +53,31 @@ fn istio_doc_examples() {
     }
     assert!(checked >= 10, "only {checked} examples found");
 }
+
+/// The policy this repository ships for host `delivery` compiles as intended.
+#[test]
+fn shipped_delivery_policy_compiles() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/istio");
+    let files = vec![
+        root.join("delivery-destinationrule.yaml"),
+        root.join("delivery-virtualservice.yaml"),
+    ];
+    let policy = mesh::policy::compile(&Resources::load(&files).unwrap(), "delivery").unwrap();
+    let route = &policy.routes[0];
+    assert_eq!(
+        route.timeout.timeout,
+        Some(std::time::Duration::from_secs(3))
+    );
+    assert_eq!(route.retry.attempts, 2);
+    let traffic = &policy.traffic[&None];
+    assert_eq!(
+        (traffic.pool.max_requests, traffic.pool.max_pending),
+        (32, 16)
+    );
+    let outlier = traffic.outlier.unwrap();
+    assert_eq!(
+        (outlier.consecutive_5xx, outlier.consecutive_gateway),
+        (Some(5), Some(3))
+    );
+    assert_eq!(outlier.max_ejection_percent, 100);
+}

@@ -1,10 +1,12 @@
-//! The outbound port to TicketDelivery: the cancel saga's synchronous call. The tonic
-//! adapter puts a deadline on every call; the mesh issue wraps it in Istio-shaped policy.
+//! The outbound port to TicketDelivery: the cancel saga's synchronous call, made through
+//! the in-process mesh (Istio's DestinationRule / VirtualService for host `delivery`:
+//! timeout, retries, pool limits, outlier detection) with a deadline of its own on top.
 
+use mesh::error::{find, is_fail_fast, CircuitOpen};
+use mesh::MeshClient;
 use parking_common::pb::ticket_delivery_service_client::TicketDeliveryServiceClient;
 use parking_common::pb::{CancelDeliveryRequest, DeliveryState};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
 /// TicketDelivery did not confirm the cancellation.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +14,21 @@ use tonic::transport::{Channel, Endpoint};
 pub struct CancelDeliveryError {
     pub code: tonic::Code,
     pub message: String,
+    /// The mesh answered without calling delivery (circuit open or pool overflow).
+    pub fail_fast: bool,
+    /// With the circuit open: when the first delivery endpoint comes back.
+    pub retry_after: Option<Duration>,
+}
+
+impl CancelDeliveryError {
+    fn from_status(status: &tonic::Status) -> Self {
+        Self {
+            code: status.code(),
+            message: status.message().to_owned(),
+            fail_fast: is_fail_fast(status),
+            retry_after: find::<CircuitOpen>(status).map(|c| c.retry_after),
+        }
+    }
 }
 
 /// Cancels the delivery of a reservation's ticket (idempotent on the other side).
@@ -20,25 +37,20 @@ pub trait DeliveryCanceller: Send + Sync + 'static {
     async fn cancel_delivery(&self, reservation_id: i64) -> Result<(), CancelDeliveryError>;
 }
 
-/// TicketDelivery over gRPC.
+/// TicketDelivery over gRPC through the mesh.
 #[derive(Clone)]
 pub struct GrpcDelivery {
-    client: TicketDeliveryServiceClient<Channel>,
-    /// Deadline of one call (sent as grpc-timeout, enforced here too).
+    client: TicketDeliveryServiceClient<MeshClient>,
+    /// Deadline of one call, retries included (sent as grpc-timeout, enforced here too).
     timeout: Duration,
 }
 
 impl GrpcDelivery {
-    /// A lazily connecting client: parking-lot starts while delivery is down.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_lazy();
-        Ok(Self {
-            client: TicketDeliveryServiceClient::new(channel),
+    pub fn new(mesh: MeshClient, timeout: Duration) -> Self {
+        Self {
+            client: TicketDeliveryServiceClient::new(mesh),
             timeout,
-        })
+        }
     }
 }
 
@@ -59,14 +71,15 @@ impl DeliveryCanceller for GrpcDelivery {
                     "delivery answered {:?}, not cancelled",
                     response.get_ref().state()
                 ),
+                fail_fast: false,
+                retry_after: None,
             }),
-            Ok(Err(status)) => Err(CancelDeliveryError {
-                code: status.code(),
-                message: status.message().to_owned(),
-            }),
+            Ok(Err(status)) => Err(CancelDeliveryError::from_status(&status)),
             Err(_) => Err(CancelDeliveryError {
                 code: tonic::Code::DeadlineExceeded,
                 message: format!("no answer within {:?}", self.timeout),
+                fail_fast: false,
+                retry_after: None,
             }),
         }
     }

@@ -46,12 +46,21 @@ pub struct Config {
     /// Spaces per day unless SetDailyCapacity says otherwise (the seed's maxparking).
     #[arg(long, env = "MAX_PARKING", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..))]
     pub max_parking: i32,
-    /// TicketDelivery's gRPC address.
+    /// TicketDelivery's endpoints, comma-separated; each `http://host:port`, optionally
+    /// with labels for DestinationRule subsets: `version=v2@http://host:port`.
     #[arg(long, env = "DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
     pub delivery_url: String,
-    /// Deadline of one CancelDelivery call, in milliseconds.
-    #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 2000)]
+    /// Outer deadline of one CancelDelivery call, retries included, in milliseconds (the
+    /// VirtualService's timeout is normally the shorter one).
+    #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 5000)]
     pub delivery_timeout_ms: u64,
+    /// Istio DestinationRule / VirtualService YAML files for the delivery host,
+    /// comma-separated (empty: Istio's defaults); re-read when they change.
+    #[arg(long, env = "MESH_CONFIG", default_value = "")]
+    pub mesh_config: String,
+    /// The destination host name the Istio resources use for TicketDelivery.
+    #[arg(long, env = "MESH_HOST", default_value = "delivery")]
+    pub mesh_host: String,
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9452")]
     pub metrics_listen: parking_common::config::OptionalAddr,
@@ -66,11 +75,10 @@ pub struct Config {
 pub enum Error {
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error("DELIVERY_URL {url:?} is not a usable address: {source}")]
-    DeliveryUrl {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    #[error("DELIVERY_URL {url:?}: {message}")]
+    DeliveryUrl { url: String, message: String },
+    #[error("MESH_CONFIG: {0}")]
+    Mesh(#[from] mesh::istio::ConfigError),
 }
 
 /// Runs the service until `shutdown`.
@@ -79,16 +87,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         max_parking = config.max_parking,
         delivery = %config.delivery_url,
         delivery_timeout_ms = config.delivery_timeout_ms,
+        mesh_config = %config.mesh_config,
         "parking-lot settings"
     );
-    let delivery = delivery::GrpcDelivery::new(
-        &config.delivery_url,
-        Duration::from_millis(config.delivery_timeout_ms),
-    )
-    .map_err(|source| Error::DeliveryUrl {
-        url: config.delivery_url.clone(),
-        source,
-    })?;
+    let mesh_config = mesh::MeshConfig {
+        host: config.mesh_host.clone(),
+        files: config
+            .mesh_config
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(Into::into)
+            .collect(),
+        endpoints: config
+            .delivery_url
+            .split(',')
+            .map(|e| mesh::endpoint::EndpointAddr::parse(e.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(|message| Error::DeliveryUrl {
+                url: config.delivery_url.clone(),
+                message,
+            })?,
+    };
+    let mesh_metrics = mesh::metrics::MeshMetrics::default();
+    let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
+    mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
+    let delivery =
+        delivery::GrpcDelivery::new(mesh, Duration::from_millis(config.delivery_timeout_ms));
     let endpoints = Endpoints {
         name: "parking-lot",
         listen: config.listen,
@@ -97,6 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
+    mesh_metrics.register(&mut host.registry);
     let store = store::Store::new(host.db.clone(), host.outbox.clone(), config.max_parking);
     host.relay(EventContext::ParkingLot);
     host.follow(

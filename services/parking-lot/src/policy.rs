@@ -86,10 +86,15 @@ impl EventHandler for Vacate {
             }
             OnCancel::CancelDeliveryThenVacate => {
                 // The space is freed only once delivery confirmed; until then it stays
-                // taken and the cancellation comes back later.
+                // taken and the cancellation comes back later ("not now"): with the circuit
+                // open, no sooner than delivery's endpoint is due back.
                 if let Err(error) = self.delivery.cancel_delivery(e.reservation_id).await {
+                    let delay = backoff(event.delivered).max(error.retry_after.unwrap_or_default());
+                    if error.fail_fast {
+                        tracing::info!(reservation_id = e.reservation_id, ?delay, %error, "delivery circuit open; cancellation deferred");
+                    }
                     return Err(HandleError::Later {
-                        delay: backoff(event.delivered),
+                        delay,
                         reason: error.to_string(),
                     });
                 }
