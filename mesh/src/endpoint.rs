@@ -1,5 +1,6 @@
 //! One endpoint of a host: a tonic `Channel` (one HTTP/2 connection, connected lazily)
-//! whose unary responses are buffered and classified (see [`crate::classify`]).
+//! whose unary responses are buffered and classified (see [`crate::classify`]). Injected
+//! faults ([`crate::fault`]) are applied here, inside the try.
 
 use crate::classify;
 use crate::error::BoxError;
@@ -67,7 +68,11 @@ impl Service<Request> for Endpoint {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let channel = self.channel.clone();
+        let faults = crate::fault::injected(&request);
         Box::pin(async move {
+            if let Some(fault) = crate::fault::apply(faults).await {
+                return Ok(fault);
+            }
             let response = channel
                 .oneshot(request)
                 .await

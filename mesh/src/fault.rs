@@ -1,6 +1,13 @@
 //! Fault injection (VirtualService `http[].fault`): delay a share of calls by a fixed
 //! time, and/or abort a share with a gRPC status (or an HTTP status mapped as gRPC maps
-//! it), before they reach the host. As Envoy: the delay comes first, then the abort.
+//! it). As Envoy: decided once per call, the delay first, then the abort.
+//!
+//! Difference from Envoy, on purpose: the route's [`FaultLayer`] only decides; the fault
+//! is applied at the endpoint, inside each try ([`apply`], called by
+//! [`crate::endpoint::Endpoint`]). So an injected delay counts toward perTryTimeout and the
+//! route timeout, and an abort toward outlier detection, exactly as a slow or failing
+//! upstream would. Envoy applies faults before routing, where neither sees them; here they
+//! exist to exercise those policies.
 
 use crate::classify::status_response;
 use crate::error::BoxError;
@@ -68,20 +75,40 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let delay = self.config.delay.filter(|(_, p)| roll(*p)).map(|(d, _)| d);
-        let abort = self.config.abort.filter(|(_, p)| roll(*p)).map(|(c, _)| c);
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            if let Some(code) = abort {
-                return Ok(status_response(code, "fault filter abort"));
-            }
-            inner.oneshot(request).await
-        })
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let injected = Injected {
+            delay: self.config.delay.filter(|(_, p)| roll(*p)).map(|(d, _)| d),
+            abort: self.config.abort.filter(|(_, p)| roll(*p)).map(|(c, _)| c),
+        };
+        if injected.delay.is_some() || injected.abort.is_some() {
+            request.extensions_mut().insert(injected);
+        }
+        Box::pin(self.inner.clone().oneshot(request))
     }
+}
+
+/// The faults decided for one call, carried to the endpoint in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injected {
+    pub delay: Option<Duration>,
+    pub abort: Option<Code>,
+}
+
+/// The faults decided for a request, if any.
+pub fn injected(request: &Request) -> Option<Injected> {
+    request.extensions().get::<Injected>().copied()
+}
+
+/// Applies decided faults: waits the delay, then answers the abort (if any) instead of
+/// the upstream.
+pub async fn apply(injected: Option<Injected>) -> Option<Response> {
+    let injected = injected?;
+    if let Some(delay) = injected.delay {
+        tokio::time::sleep(delay).await;
+    }
+    injected
+        .abort
+        .map(|code| status_response(code, "fault filter abort"))
 }
 
 #[cfg(test)]
@@ -96,8 +123,10 @@ mod tests {
         Error = BoxError,
         Future = BoxFuture<Result<Response, BoxError>>,
     > + Clone {
-        tower::service_fn(|_r: Request| -> BoxFuture<Result<Response, BoxError>> {
-            Box::pin(async { Ok(ok_response()) })
+        // Applies the injected faults, as the endpoint does.
+        tower::service_fn(|r: Request| -> BoxFuture<Result<Response, BoxError>> {
+            let faults = injected(&r);
+            Box::pin(async move { Ok(apply(faults).await.unwrap_or_else(ok_response)) })
         })
     }
 

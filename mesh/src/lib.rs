@@ -2,7 +2,7 @@
 //! around tonic channels, so the YAML under `k8s/istio/` means the same with or without a
 //! sidecar. One module per policy, each with its `Config`, `Layer` and `Service`:
 //!
-//! - [`fault`]: delay and abort injection (VirtualService `fault`);
+//! - [`fault`]: delay and abort injection (VirtualService `fault`), applied at the endpoint;
 //! - [`timeout`]: the route's overall timeout;
 //! - [`retry`]: attempts, perTryTimeout, retryOn, Envoy's jittered back-off;
 //! - [`split`]: weighted destinations;
