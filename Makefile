@@ -1,5 +1,5 @@
 # parking-mesh: `make run` starts everything locally, `make test` runs the whole suite.
-.PHONY: run test build fmt lint
+.PHONY: run test build fmt lint bench
 
 run:
 	bash scripts/run.sh
@@ -16,3 +16,6 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+bench:
+	cargo bench -p mesh --bench overhead

@@ -1,0 +1,162 @@
+//! Benchmark of the mesh stack, printing its figures (run: `make bench` or
+//! `cargo bench -p mesh`):
+//!
+//! 1. the overhead of the full stack (route, timeout, retry, pool, outlier balancer,
+//!    classification) on a unary gRPC call, against a plain tonic client on the same
+//!    server in the same run, sequential and 16 calls in flight (goal: <= 5 %);
+//! 2. the latency of a fast failure with the circuit open (goal: p99 <= 1 ms).
+//!
+//! Rounds alternate plain / mesh so drift on a noisy machine hits both alike; the figure
+//! is the median of the per-round ratios.
+#![allow(clippy::unwrap_used)]
+
+use mesh::endpoint::EndpointAddr;
+use mesh::metrics::MeshMetrics;
+use mesh::{MeshClient, MeshConfig};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const POLICY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench}
+spec:
+  host: bench
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 1000, http1MaxPendingRequests: 1000}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  http:
+  - timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "unavailable,connect-failure"}
+    route:
+    - destination: {host: bench}
+"#;
+
+async fn server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    port
+}
+
+fn mesh_client(port: u16, dir: &std::path::Path, policy: &str) -> MeshClient {
+    let file = dir.join(format!("policy-{port}.yaml"));
+    std::fs::write(&file, policy).unwrap();
+    let config = MeshConfig {
+        host: "bench".into(),
+        files: vec![file],
+        endpoints: vec![EndpointAddr::parse(&format!("http://127.0.0.1:{port}")).unwrap()],
+    };
+    MeshClient::load(&config, &MeshMetrics::default()).unwrap()
+}
+
+/// Time for `calls` unary calls, `in_flight` at a time.
+async fn run<T>(client: &HealthClient<T>, calls: usize, in_flight: usize) -> Duration
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let start = Instant::now();
+    let per_task = calls / in_flight;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                client.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = server().await;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let plain = HealthClient::new(channel);
+    let meshed = HealthClient::new(mesh_client(port, &dir, POLICY));
+    // Warm up both connections.
+    run(&plain, 2_000, 4).await;
+    run(&meshed, 2_000, 4).await;
+
+    println!("mesh overhead on a unary gRPC call (health Check over loopback), plain tonic = 1.00");
+    for in_flight in [1usize, 16] {
+        let calls = 4_000;
+        let mut ratios = Vec::new();
+        let (mut plain_total, mut mesh_total) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..7 {
+            let p = run(&plain, calls, in_flight).await;
+            let m = run(&meshed, calls, in_flight).await;
+            plain_total += p;
+            mesh_total += m;
+            ratios.push(m.as_secs_f64() / p.as_secs_f64());
+            if std::env::var("BENCH_VERBOSE").is_ok() {
+                println!("    round: plain {p:?} mesh {m:?}");
+            }
+        }
+        let n = (calls * 7) as f64;
+        println!(
+            "  {in_flight:>2} in flight: plain {:>7.0} calls/s ({:>6.1} us/call), mesh {:>7.0} calls/s ({:>6.1} us/call), ratio mesh/plain {:.3} (median of 7 rounds; goal <= 1.05)",
+            n / plain_total.as_secs_f64(),
+            plain_total.as_secs_f64() * 1e6 / n * in_flight as f64,
+            n / mesh_total.as_secs_f64(),
+            mesh_total.as_secs_f64() * 1e6 / n * in_flight as f64,
+            median(ratios),
+        );
+    }
+
+    // Circuit open: one endpoint where nothing listens, ejected after its first failure.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let open_policy = POLICY.replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 1").replace("bench}\n", "bench}\n");
+    let mut failing = HealthClient::new(mesh_client(dead, &dir, &open_policy));
+    let _ = failing.check(HealthCheckRequest { service: String::new() }).await;
+    let mut samples = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        let start = Instant::now();
+        let status = failing.check(HealthCheckRequest { service: String::new() }).await.unwrap_err();
+        samples.push(start.elapsed());
+        assert!(mesh::error::is_fail_fast(&status), "expected a fail-fast answer, got {status:?}");
+    }
+    samples.sort();
+    println!(
+        "fast failure with the circuit open (20000 calls): p50 {:?}, p99 {:?}, max {:?} (goal p99 <= 1 ms)",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
