@@ -72,7 +72,8 @@ where
     T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Future: Send,
     T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let start = Instant::now();
@@ -82,7 +83,12 @@ where
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_task {
-                client.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -106,7 +112,11 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("mesh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = server().await;
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let plain = HealthClient::new(channel);
     let meshed = HealthClient::new(mesh_client(port, &dir, POLICY));
     // Warm up both connections.
@@ -114,42 +124,87 @@ async fn main() {
     run(&meshed, 2_000, 4).await;
 
     println!("mesh overhead on a unary gRPC call (health Check over loopback), plain tonic = 1.00");
-    for in_flight in [1usize, 16] {
-        let calls = 4_000;
-        let mut ratios = Vec::new();
-        let (mut plain_total, mut mesh_total) = (Duration::ZERO, Duration::ZERO);
-        for _ in 0..7 {
-            let p = run(&plain, calls, in_flight).await;
-            let m = run(&meshed, calls, in_flight).await;
-            plain_total += p;
-            mesh_total += m;
-            ratios.push(m.as_secs_f64() / p.as_secs_f64());
-            if std::env::var("BENCH_VERBOSE").is_ok() {
-                println!("    round: plain {p:?} mesh {m:?}");
-            }
-        }
-        let n = (calls * 7) as f64;
+    // Sequential: calls interleaved one by one (plain, mesh, plain, ...), so the machine's
+    // drift and stalls hit both alike; compare the latency distributions.
+    let (mut p_lat, mut m_lat) = (Vec::with_capacity(20_000), Vec::with_capacity(20_000));
+    let (mut p_client, mut m_client) = (plain.clone(), meshed.clone());
+    for _ in 0..20_000 {
+        let t = Instant::now();
+        p_client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        p_lat.push(t.elapsed());
+        let t = Instant::now();
+        m_client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+        m_lat.push(t.elapsed());
+    }
+    p_lat.sort();
+    m_lat.sort();
+    for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+        let (a, b) = (percentile(&p_lat, p), percentile(&m_lat, p));
         println!(
-            "  {in_flight:>2} in flight: plain {:>7.0} calls/s ({:>6.1} us/call), mesh {:>7.0} calls/s ({:>6.1} us/call), ratio mesh/plain {:.3} (median of 7 rounds; goal <= 1.05)",
-            n / plain_total.as_secs_f64(),
-            plain_total.as_secs_f64() * 1e6 / n * in_flight as f64,
-            n / mesh_total.as_secs_f64(),
-            mesh_total.as_secs_f64() * 1e6 / n * in_flight as f64,
-            median(ratios),
+            "  1 in flight, {name}: plain {a:>10.1?}  mesh {b:>10.1?}  ratio {:.3}{}",
+            b.as_secs_f64() / a.as_secs_f64(),
+            if name == "p50" { " (goal <= 1.05)" } else { "" }
         );
     }
+    // Concurrent: throughput rounds, alternating; the median of per-round ratios.
+    let in_flight = 16;
+    let calls = 4_000;
+    let mut ratios = Vec::new();
+    let (mut plain_total, mut mesh_total) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..11 {
+        let p = run(&plain, calls, in_flight).await;
+        let m = run(&meshed, calls, in_flight).await;
+        plain_total += p;
+        mesh_total += m;
+        ratios.push(m.as_secs_f64() / p.as_secs_f64());
+    }
+    let n = (calls * 11) as f64;
+    println!(
+        "  {in_flight} in flight: plain {:.0} calls/s, mesh {:.0} calls/s, time ratio mesh/plain {:.3} (median of 11 rounds; goal <= 1.05)",
+        n / plain_total.as_secs_f64(),
+        n / mesh_total.as_secs_f64(),
+        median(ratios),
+    );
 
     // Circuit open: one endpoint where nothing listens, ejected after its first failure.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let open_policy = POLICY.replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 1").replace("bench}\n", "bench}\n");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let open_policy = POLICY
+        .replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 1")
+        .replace("bench}\n", "bench}\n");
     let mut failing = HealthClient::new(mesh_client(dead, &dir, &open_policy));
-    let _ = failing.check(HealthCheckRequest { service: String::new() }).await;
+    let _ = failing
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
     let mut samples = Vec::with_capacity(20_000);
     for _ in 0..20_000 {
         let start = Instant::now();
-        let status = failing.check(HealthCheckRequest { service: String::new() }).await.unwrap_err();
+        let status = failing
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap_err();
         samples.push(start.elapsed());
-        assert!(mesh::error::is_fail_fast(&status), "expected a fail-fast answer, got {status:?}");
+        assert!(
+            mesh::error::is_fail_fast(&status),
+            "expected a fail-fast answer, got {status:?}"
+        );
     }
     samples.sort();
     println!(
