@@ -182,9 +182,7 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let open_policy = POLICY
-        .replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 1")
-        .replace("bench}\n", "bench}\n");
+    let open_policy = POLICY.replace("consecutive5xxErrors: 5", "consecutive5xxErrors: 1");
     let mut failing = HealthClient::new(mesh_client(dead, &dir, &open_policy));
     let _ = failing
         .check(HealthCheckRequest {
