@@ -365,4 +365,38 @@ mod tests {
         assert!(svc.call(request()).await.is_err());
         assert_eq!(metrics.snapshot("h").0, 0);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn overall_timeout_cuts_the_tries_short() {
+        use crate::timeout::{Config as TimeoutConfig, TimeoutLayer};
+        let (retry, mut handle, metrics) =
+            layer(5, Some(Duration::from_millis(100)), "gateway-error");
+        let mut svc = TimeoutLayer::layer(TimeoutConfig {
+            timeout: Some(Duration::from_millis(250)),
+        })
+        .layer(retry);
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let mut tries = 0;
+        let mut pending = vec![];
+        for _ in 0..30 {
+            let _ = call.poll();
+            while let Some(Some(req)) = futures::FutureExt::now_or_never(handle.next_request()) {
+                tries += 1;
+                pending.push(req); // never answered: every try runs into its per-try timeout
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+            if let std::task::Poll::Ready(result) = call.poll() {
+                let err = result.expect_err("the route timeout ends it");
+                assert!(
+                    crate::error::find::<crate::error::Timeout>(&*err).is_some(),
+                    "{err}"
+                );
+                // Tries start at 0 ms, ~100-125 ms, ~200-300 ms: two or three fit in 250 ms.
+                assert!((2..=3).contains(&tries), "{tries} tries");
+                assert!(metrics.snapshot("h").0 >= 1);
+                return;
+            }
+        }
+        panic!("the overall timeout never fired");
+    }
 }
