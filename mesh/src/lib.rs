@@ -11,7 +11,7 @@
 //! - [`route`]: VirtualService `http[]` matching.
 //!
 //! [`istio`] reads the resources, [`policy`] compiles them for one host, [`classify`] reads
-//! gRPC outcomes as Envoy does, [`error`] holds the typed failures (fail-fast markers a
+//! gRPC outcomes as Envoy does, [`replay`] lets retries resend a request body, [`error`] holds the typed failures (fail-fast markers a
 //! caller can branch on), [`metrics`] the Prometheus series. [`MeshClient`] is the whole
 //! stack, rebuilt when the YAML files change. Differences from Envoy are documented in the
 //! module of the policy concerned and listed in mesh/README.md.
@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod policy;
 pub mod pool;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod split;

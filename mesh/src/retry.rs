@@ -3,16 +3,16 @@
 //! fully jittered exponential back-off (25 ms base, 250 ms cap: the n-th retry waits a
 //! random time in [0, min((2^n - 1) x 25 ms, 250 ms)]).
 //!
-//! The request body is buffered once so every try sends the same bytes (unary calls).
+//! The request body streams through on the first try while a copy is kept, so every
+//! retry sends the same bytes without delaying the first ([`crate::replay`]).
 //! Fail-fast answers (circuit open, pool overflow) are never retried: Envoy's local
 //! replies are not, and they must stay fast.
 
 use crate::classify::{outcome_of, Outcome};
 use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout};
 use crate::metrics::MeshMetrics;
+use crate::replay::Replay;
 use crate::{BoxFuture, Request, Response};
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use rand::Rng;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -169,10 +169,8 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
-fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Request {
-    let mut request = http::Request::new(tonic::body::Body::new(http_body_util::Full::new(
-        body.clone(),
-    )));
+fn rebuild(parts: &http::request::Parts, body: tonic::body::Body) -> Request {
+    let mut request = http::Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
@@ -199,21 +197,20 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| -> BoxError { Box::new(e) })?
-                .to_bytes();
+            let replay = Replay::new(body);
             let mut retry = 0u32;
             loop {
-                let attempt = inner.clone().oneshot(rebuild(&parts, &body));
+                let attempt = inner.clone().oneshot(rebuild(&parts, replay.body()));
                 let result = match layer.config.per_try_timeout {
                     None => attempt.await,
                     Some(limit) => tokio::time::timeout(limit, attempt)
                         .await
                         .unwrap_or_else(|_| Err(error::per_try_timeout(PerTryTimeout(limit)))),
                 };
-                if retry >= layer.config.attempts || !layer.config.retry_on.matches(&result) {
+                if retry >= layer.config.attempts
+                    || !layer.config.retry_on.matches(&result)
+                    || !replay.available()
+                {
                     return result;
                 }
                 retry += 1;
@@ -380,9 +377,12 @@ mod tests {
         let mut pending = vec![];
         for _ in 0..30 {
             let _ = call.poll();
-            while let Some(Some(req)) = futures::FutureExt::now_or_never(handle.next_request()) {
+            while let Some(Some((request, send))) =
+                futures::FutureExt::now_or_never(handle.next_request())
+            {
                 tries += 1;
-                pending.push(req); // never answered: every try runs into its per-try timeout
+                drop(request); // the upstream read the request...
+                pending.push(send); // ...and never answers: every try runs into its per-try timeout
             }
             tokio::time::advance(Duration::from_millis(10)).await;
             if let std::task::Poll::Ready(result) = call.poll() {
