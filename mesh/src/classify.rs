@@ -1,6 +1,7 @@
 //! Classifying a gRPC outcome the way Envoy's outlier detection and retry policy see it.
 //! The grpc-status comes from the trailers, or from the headers of a trailers-only
-//! response; a non-200 HTTP status maps like gRPC's HTTP mapping. Envoy maps grpc-status to
+//! response; without one, a non-200 HTTP status is judged as HTTP (a 429 is no 5xx).
+//! For outlier detection Envoy maps grpc-status to
 //! HTTP (UNAVAILABLE 503, DEADLINE_EXCEEDED 504, INTERNAL / UNKNOWN / DATA_LOSS 500,
 //! UNIMPLEMENTED 501), so those count as 5xx and UNAVAILABLE / DEADLINE_EXCEEDED as
 //! gateway errors (502-504). Failures of our own side (connect, reset, per-try timeout)
@@ -21,6 +22,8 @@ pub enum Outcome {
     Ok,
     /// A non-OK grpc-status from the upstream.
     Grpc(Code),
+    /// An HTTP status other than 200 with no grpc-status (a proxy's or a non-gRPC answer).
+    Http(u16),
     /// No answer: connect failure, reset, per-try timeout.
     LocalOrigin,
 }
@@ -40,6 +43,7 @@ impl Outcome {
                     | Code::DataLoss
                     | Code::Unimplemented
             ),
+            Outcome::Http(status) => status >= 500,
         }
     }
 
@@ -49,6 +53,7 @@ impl Outcome {
             Outcome::Ok => false,
             Outcome::LocalOrigin => true,
             Outcome::Grpc(code) => matches!(code, Code::Unavailable | Code::DeadlineExceeded),
+            Outcome::Http(status) => (502..=504).contains(&status),
         }
     }
 }
@@ -100,12 +105,13 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
     let code = trailers
         .as_ref()
         .and_then(grpc_status)
-        .or_else(|| grpc_status(&parts.headers))
-        .or_else(|| (parts.status != http::StatusCode::OK).then(|| code_for_http(parts.status)));
+        .or_else(|| grpc_status(&parts.headers));
     let outcome = match code {
         Some(Code::Ok) => Outcome::Ok,
         Some(code) => Outcome::Grpc(code),
-        // No status at all: a broken response, which gRPC reports as UNKNOWN.
+        // No grpc-status: judged by the HTTP status, as Envoy does (a 429 is no 5xx).
+        None if parts.status != http::StatusCode::OK => Outcome::Http(parts.status.as_u16()),
+        // 200 without any status: a broken response, which gRPC reports as UNKNOWN.
         None => Outcome::Grpc(Code::Unknown),
     };
     parts.extensions.insert(Classified(outcome));
@@ -176,6 +182,12 @@ mod tests {
         assert!(Outcome::Grpc(Code::DeadlineExceeded).is_gateway());
         assert!(!Outcome::Grpc(Code::Internal).is_gateway());
         assert!(Outcome::LocalOrigin.is_5xx() && Outcome::LocalOrigin.is_gateway());
+        assert!(!Outcome::Http(429).is_5xx() && !Outcome::Http(404).is_5xx());
+        assert!(
+            Outcome::Http(503).is_gateway()
+                && Outcome::Http(500).is_5xx()
+                && !Outcome::Http(500).is_gateway()
+        );
         assert!(!Outcome::Ok.is_5xx());
     }
 

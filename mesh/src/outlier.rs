@@ -5,8 +5,9 @@
 //! (`consecutive5xxErrors`) or gateway error (`consecutiveGatewayErrors`); it stays out
 //! `baseEjectionTime` x the number of times it was ejected (capped at 300 s or the base,
 //! whichever is longer), and that multiplier decays by one for every `interval` it stays
-//! healthy; the first outlier is always ejected, a further one only while the share
-//! already out is below `maxEjectionPercent`. With every endpoint out the circuit is open: calls fail at once with
+//! healthy; an endpoint is ejected only while the share out, itself included, stays
+//! within `maxEjectionPercent` (current Envoy; so with Istio's default 10 % a host with
+//! fewer than ten endpoints never ejects one: set it higher). With every endpoint out the circuit is open: calls fail at once with
 //! [`CircuitOpen`] (UNAVAILABLE, Envoy's "no healthy upstream" with minHealthPercent 0).
 //!
 //! Differences from Envoy: an ejected endpoint returns as soon as its time is up (Envoy
@@ -232,9 +233,9 @@ impl<S> Balancer<S> {
             .iter()
             .filter(|h| h.ejected_until.is_some())
             .count();
-        // Envoy: eject the first outlier always, further ones while the share already
-        // ejected is below maxEjectionPercent.
-        let allowed = ejected == 0 || ejected * 100 < total * config.max_ejection_percent as usize;
+        // Envoy (1.31 on; Istio does not set always_eject_one_host): eject only while the
+        // share out, this one included, stays within maxEjectionPercent.
+        let allowed = (ejected + 1) * 100 <= total * config.max_ejection_percent as usize;
         let h = &mut state.health[index];
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
@@ -243,8 +244,16 @@ impl<S> Balancer<S> {
         }
         h.multiplier += 1;
         let cap = MAX_EJECTION_TIME.max(config.base_ejection_time);
-        let time = (config.base_ejection_time * h.multiplier).min(cap);
-        h.ejected_until = Some(now + time);
+        let time = config
+            .base_ejection_time
+            .checked_mul(h.multiplier)
+            .unwrap_or(cap)
+            .min(cap);
+        // A configured time beyond the clock's range means "for good" (a year will do).
+        h.ejected_until = Some(
+            now.checked_add(time)
+                .unwrap_or(now + Duration::from_secs(365 * 86_400)),
+        );
         self.metrics.ejection(&self.host);
         tracing::warn!(host = %self.host, endpoint = index, ejection = ?time, "endpoint ejected by outlier detection");
         let ejected = ejected + 1;
@@ -407,7 +416,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejects_after_n_consecutive_errors_and_opens_the_circuit() {
-        let (mut b, mut handles) = balancer(1, config(3, 10));
+        let (mut b, mut handles) = balancer(1, config(3, 100));
         call(&mut b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
@@ -471,24 +480,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_is_respected_with_several_endpoints() {
-        // 3 endpoints, 50 %: one out is 33 % < 50 %, so a second may go (as Envoy); not a third.
+        // 3 endpoints, 50 %: one out is 33 %, two would be 66 %: one only.
         let (mut b, mut handles) = balancer(3, config(1, 50));
         for _ in 0..12 {
             let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
         }
-        assert_eq!(b.ejected().len(), 2);
+        assert_eq!(b.ejected().len(), 1);
         // 4 endpoints, 50 %: at most two out; every endpoint fails.
         let (mut b, mut handles) = balancer(4, config(1, 50));
         for _ in 0..12 {
             let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
         }
         assert_eq!(b.ejected().len(), 2);
-        // 10 % of 4 is less than one endpoint, but one is always allowed.
+        // 10 % of 4 is less than one endpoint: none is ejected (as current Envoy).
         let (mut b, mut handles) = balancer(4, config(1, 10));
         for _ in 0..12 {
             let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
         }
-        assert_eq!(b.ejected().len(), 1);
+        assert!(b.ejected().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,11 @@ pub struct HostPolicy {
     pub subset_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// Istio reads a zero duration as "not set".
+fn nonzero(d: Option<Duration>) -> Option<Duration> {
+    d.filter(|d| !d.is_zero())
+}
+
 fn unsupported(path: &str, why: &str) -> ConfigError {
     ConfigError::Unsupported(format!("{path}: {why}"))
 }
@@ -86,6 +91,15 @@ fn traffic(base: &Traffic, policy: &TrafficPolicy, path: &str) -> Result<Traffic
                     "must not be negative",
                 ));
             }
+            if tcp
+                .connect_timeout
+                .is_some_and(|t| t < Duration::from_millis(1))
+            {
+                return Err(unsupported(
+                    &format!("{path}.connectionPool.tcp.connectTimeout"),
+                    "must be at least 1ms",
+                ));
+            }
             out.connect_timeout = tcp.connect_timeout.or(out.connect_timeout);
         }
         if let Some(http) = &cp.http {
@@ -111,7 +125,8 @@ fn traffic(base: &Traffic, policy: &TrafficPolicy, path: &str) -> Result<Traffic
                 "panic-mode balancing is not implemented; only 0 (Istio's default) is supported",
             ));
         }
-        let max_ejection_percent = od.max_ejection_percent.unwrap_or(10);
+        // Istio reads 0 as unset: 10 %.
+        let max_ejection_percent = od.max_ejection_percent.filter(|p| *p != 0).unwrap_or(10);
         if !(0..=100).contains(&max_ejection_percent) {
             return Err(unsupported(
                 &format!("{p}.maxEjectionPercent"),
@@ -133,8 +148,9 @@ fn traffic(base: &Traffic, policy: &TrafficPolicy, path: &str) -> Result<Traffic
         out.outlier = Some(outlier::Config {
             consecutive_5xx: five_xx,
             consecutive_gateway: gateway,
-            interval: od.interval.unwrap_or(defaults.interval),
-            base_ejection_time: od.base_ejection_time.unwrap_or(defaults.base_ejection_time),
+            interval: nonzero(od.interval).unwrap_or(defaults.interval),
+            base_ejection_time: nonzero(od.base_ejection_time)
+                .unwrap_or(defaults.base_ejection_time),
             max_ejection_percent: max_ejection_percent as u32,
         });
     }
@@ -248,6 +264,12 @@ fn route(
             }
         }
         let weight = d.weight.unwrap_or(if r.route.len() == 1 { 100 } else { 0 });
+        if weight > 100 {
+            return Err(unsupported(
+                &format!("{path}.route[{j}].weight"),
+                "must be within 0..=100",
+            ));
+        }
         destinations.push((d.destination.subset.clone(), weight));
     }
     let total: u32 = destinations.iter().map(|(_, w)| *w).sum();
@@ -273,7 +295,7 @@ fn route(
             };
             retry::Config {
                 attempts: rt.attempts as u32,
-                per_try_timeout: rt.per_try_timeout,
+                per_try_timeout: nonzero(rt.per_try_timeout),
                 retry_on,
             }
         }
@@ -317,7 +339,9 @@ fn route(
     Ok(Route {
         matches,
         destinations,
-        timeout: timeout::Config { timeout: r.timeout },
+        timeout: timeout::Config {
+            timeout: nonzero(r.timeout),
+        },
         retry,
         fault,
     })

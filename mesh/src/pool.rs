@@ -103,8 +103,9 @@ where
                 Ok(p) => p,
                 Err(_) => {
                     let waiting = state.pending.fetch_add(1, Ordering::AcqRel);
+                    // Released however the wait ends, a timeout dropping it included.
+                    let _queued = Queued(&state.pending);
                     if waiting >= state.config.max_pending {
-                        state.pending.fetch_sub(1, Ordering::AcqRel);
                         state.metrics.overflow(&state.host);
                         return Err(error::overflow(Overflow {
                             host: state.host.clone(),
@@ -112,15 +113,26 @@ where
                             pending: waiting,
                         }));
                     }
-                    let acquired = state.slots.acquire().await;
-                    state.pending.fetch_sub(1, Ordering::AcqRel);
-                    acquired.map_err(|e| -> BoxError { Box::new(e) })?
+                    state
+                        .slots
+                        .acquire()
+                        .await
+                        .map_err(|e| -> BoxError { Box::new(e) })?
                 }
             };
             let result = inner.oneshot(request).await;
             drop(permit);
             result
         })
+    }
+}
+
+/// One place in the pending queue, given back on drop.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -186,5 +198,30 @@ mod tests {
         let _b = handle.next_request().await;
         let mut c = tokio_test::task::spawn(svc.call(request()));
         assert!(assert_ready!(c.poll()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_dropped_gives_its_place_back() {
+        let (inner, mut handle) = mock::pair::<Request, Response>();
+        let mut svc = PoolLayer::layer(
+            "h",
+            Config {
+                max_requests: 1,
+                max_pending: 1,
+            },
+            MeshMetrics::default(),
+        )
+        .layer(inner);
+        let mut first = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(first.poll());
+        let _first = handle.next_request().await;
+        for _ in 0..5 {
+            // Wait, then give up (a timeout): the place must come back every time.
+            let mut waiting = tokio_test::task::spawn(svc.call(request()));
+            assert_pending!(waiting.poll());
+            drop(waiting);
+        }
+        let mut last = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(last.poll());
     }
 }

@@ -27,15 +27,17 @@ pub const MAX_INTERVAL: Duration = Duration::from_millis(250);
 /// The conditions of `retryOn`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryOn {
-    /// "5xx": any 5xx outcome, no answer, per-try timeout.
+    /// "5xx": an HTTP 5xx, no answer, per-try timeout.
     pub five_xx: bool,
-    /// "gateway-error": UNAVAILABLE, DEADLINE_EXCEEDED, no answer, per-try timeout.
+    /// "gateway-error": an HTTP 502-504, no answer, per-try timeout.
     pub gateway_error: bool,
-    /// "reset", "connect-failure", "refused-stream": no answer from the upstream.
+    /// "connect-failure", "refused-stream": no answer from the upstream.
     pub local_origin: bool,
+    /// "reset": no answer, or none in time (per-try timeout).
+    pub reset: bool,
     /// gRPC names: "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable".
     pub codes: Vec<Code>,
-    /// HTTP statuses ("503", or "retriable-status-codes" meaning 503).
+    /// HTTP statuses ("503").
     pub http_statuses: Vec<u16>,
 }
 
@@ -47,8 +49,10 @@ impl RetryOn {
             match item {
                 "5xx" => on.five_xx = true,
                 "gateway-error" => on.gateway_error = true,
-                "reset" | "connect-failure" | "refused-stream" => on.local_origin = true,
-                "retriable-status-codes" => on.http_statuses.push(503),
+                "reset" => on.reset = true,
+                "connect-failure" | "refused-stream" => on.local_origin = true,
+                // The codes come from Istio's default policy only (503); alone it adds none.
+                "retriable-status-codes" => {}
                 "cancelled" => on.codes.push(Code::Cancelled),
                 "deadline-exceeded" => on.codes.push(Code::DeadlineExceeded),
                 "internal" => on.codes.push(Code::Internal),
@@ -69,28 +73,26 @@ impl RetryOn {
         Ok(on)
     }
 
-    /// Whether a try's result is worth another try.
+    /// Whether a try's result is worth another try. As Envoy: `5xx` and `gateway-error`
+    /// look at the HTTP status (200 for every gRPC answer) and at tries that got no
+    /// answer; the gRPC names look at grpc-status only.
     pub fn matches(&self, result: &Result<Response, BoxError>) -> bool {
         match result {
             Ok(response) => {
-                let outcome = outcome_of(response);
-                let code_hit = matches!(outcome, Outcome::Grpc(code) if self.codes.contains(&code));
+                let status = response.status().as_u16();
+                let code_hit = matches!(outcome_of(response), Outcome::Grpc(code) if self.codes.contains(&code));
                 code_hit
-                    || (self.five_xx && outcome.is_5xx())
-                    || (self.gateway_error && outcome.is_gateway())
-                    || self.http_statuses.contains(&response.status().as_u16())
+                    || (self.five_xx && status >= 500)
+                    || (self.gateway_error && (502..=504).contains(&status))
+                    || self.http_statuses.contains(&status)
             }
             Err(e) if is_fail_fast(&**e) => false,
+            // A try that timed out: "reset" covers read timeouts too.
             Err(e) if error::find::<PerTryTimeout>(&**e).is_some() => {
-                self.five_xx || self.gateway_error || self.codes.contains(&Code::DeadlineExceeded)
+                self.five_xx || self.gateway_error || self.reset
             }
-            // No answer at all: connect failure or reset.
-            Err(_) => {
-                self.five_xx
-                    || self.gateway_error
-                    || self.local_origin
-                    || self.codes.contains(&Code::Unavailable)
-            }
+            // No answer at all: connect failure, refused or reset stream.
+            Err(_) => self.five_xx || self.gateway_error || self.reset || self.local_origin,
         }
     }
 }
@@ -254,8 +256,9 @@ mod tests {
 
     #[test]
     fn parses_istio_conditions_and_refuses_unknown_ones() {
-        let on = RetryOn::parse("gateway-error,connect-failure,refused-stream").expect("valid");
-        assert!(on.gateway_error && on.local_origin && !on.five_xx);
+        let on =
+            RetryOn::parse("gateway-error,connect-failure,refused-stream,reset").expect("valid");
+        assert!(on.gateway_error && on.local_origin && on.reset && !on.five_xx);
         let on = RetryOn::parse("unavailable, cancelled,503").expect("valid");
         assert_eq!(on.codes, vec![Code::Unavailable, Code::Cancelled]);
         assert_eq!(on.http_statuses, vec![503]);
