@@ -39,7 +39,9 @@ start delivery 50053
 start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml
 start reservation 50051
 start status 50054
-for port in 50051 50052 50053 50054; do
+# The single entry point; it reaches the services at their default addresses.
+start gateway 8080 METRICS_LISTEN=127.0.0.1:9450
+for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done
 
@@ -47,6 +49,7 @@ tomorrow=$(TZ=Asia/Seoul date -d tomorrow +%F)
 cat <<MSG
 
 parking-mesh is running (logs in var/log/, data in var/):
+  gateway      127.0.0.1:8080   every service below, one entry point (gRPC)
   reservation  127.0.0.1:50051  parking.v1.TicketReservationService
   parking-lot  127.0.0.1:50052  parking.v1.ParkingLotService
   delivery     127.0.0.1:50053  parking.v1.TicketDeliveryService
@@ -54,9 +57,9 @@ parking-mesh is running (logs in var/log/, data in var/):
   metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
 
-Try it (grpcurl reads the API by reflection):
-  grpcurl -plaintext -d '{"member_id":3117,"reservation_date":"$tomorrow"}' 127.0.0.1:50051 parking.v1.TicketReservationService/ReserveTicket
-  grpcurl -plaintext -d '{"reservation_id":1}' 127.0.0.1:50054 parking.v1.ReservationStatusService/GetReservationStatus
+Try it through the gateway (grpcurl reads the API by reflection):
+  grpcurl -plaintext -d '{"member_id":3117,"reservation_date":"$tomorrow"}' 127.0.0.1:8080 parking.v1.TicketReservationService/ReserveTicket
+  grpcurl -plaintext -d '{"reservation_id":1}' 127.0.0.1:8080 parking.v1.ReservationStatusService/GetReservationStatus
 
 Ctrl-C stops everything.
 MSG

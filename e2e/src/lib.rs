@@ -141,6 +141,8 @@ pub struct Cluster {
     started: usize,
     /// The /metrics port of the latest process of each service.
     metrics_ports: HashMap<Svc, u16>,
+    /// Gateway processes.
+    gateways: Vec<Child>,
     /// Extra environment for every process of a service (e.g. MESH_CONFIG).
     extra_env: HashMap<Svc, Vec<(String, String)>>,
     pub js: jetstream::Context,
@@ -208,6 +210,7 @@ impl Cluster {
             processes: Vec::new(),
             started: 0,
             metrics_ports: HashMap::new(),
+            gateways: Vec::new(),
             extra_env: HashMap::new(),
             js: jetstream::new(client),
         }
@@ -319,13 +322,15 @@ impl Cluster {
         // Healthy, or fail at once when the process died (bad config, taken port).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if wait_healthy(port, Duration::from_millis(500)).await.is_ok() {
-                return;
-            }
+            let healthy = wait_healthy(port, Duration::from_millis(500)).await.is_ok();
             let exited = self
                 .processes
                 .last_mut()
                 .and_then(|(_, c)| c.try_wait().ok().flatten());
+            // Healthy and still ours (not some other process that answers on the port).
+            if healthy && exited.is_none() {
+                return;
+            }
             if exited.is_some() || tokio::time::Instant::now() > deadline {
                 self.dump_logs();
                 panic!(
@@ -334,6 +339,44 @@ impl Cluster {
                 );
             }
         }
+    }
+
+    /// Starts the gateway in front of the four services; returns its port.
+    pub async fn start_gateway(&mut self) -> u16 {
+        let port = free_port();
+        let bin = bin_dir().join("gateway");
+        assert!(
+            bin.exists(),
+            "{} not found: build the services first",
+            bin.display()
+        );
+        self.started += 1;
+        let log = self.folder.join(format!("gateway-{}.log", self.started));
+        let file = std::fs::File::create(&log).unwrap();
+        let url = |svc: Svc| format!("http://127.0.0.1:{}", self.port(svc));
+        let child = Command::new(bin)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_LISTEN", "off")
+            .env("RESERVATION_URL", url(Svc::Reservation))
+            .env("PARKING_LOT_URL", url(Svc::ParkingLot))
+            .env("DELIVERY_URL", url(Svc::Delivery))
+            .env("STATUS_URL", url(Svc::Status))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.gateways.push(child);
+        wait_healthy(port, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| {
+                self.dump_logs();
+                panic!("gateway did not become healthy: {e}")
+            });
+        port
     }
 
     /// Stops every process of a service gracefully (SIGTERM) and waits for it.
@@ -518,6 +561,9 @@ impl Drop for Cluster {
             self.dump_logs();
         }
         for (_, child) in &mut self.processes {
+            let _ = child.start_kill();
+        }
+        for child in &mut self.gateways {
             let _ = child.start_kill();
         }
         // Clean up on a runtime of our own: Drop may run inside or outside one.

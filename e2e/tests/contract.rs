@@ -247,8 +247,14 @@ async fn watch_streams_every_stage(backend: Backend) {
         .unwrap()
         .into_inner();
     let mut seen = vec![];
-    while let Ok(Some(update)) = tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
-        let stage = update.unwrap().stage();
+    loop {
+        let update = match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Err(_) => panic!("no update within 30 s; seen {seen:?}"),
+            Ok(None) => panic!("the watch ended early; seen {seen:?}"),
+            Ok(Some(Err(status))) => panic!("the watch failed: {status:?}; seen {seen:?}"),
+            Ok(Some(Ok(update))) => update,
+        };
+        let stage = update.stage();
         if seen.last() != Some(&stage) {
             seen.push(stage);
         }
@@ -256,11 +262,6 @@ async fn watch_streams_every_stage(backend: Backend) {
             break;
         }
     }
-    assert_eq!(
-        seen.last(),
-        Some(&pb::ReservationStage::StageDeliveryRequested),
-        "{seen:?}"
-    );
     let mut sorted = seen.clone();
     sorted.sort_by_key(|s| *s as i32);
     assert_eq!(seen, sorted, "stages only move forward");

@@ -1,0 +1,126 @@
+//! The gateway as the single entry point: the seed's scenario over gRPC through port
+//! 8080's stand-in only (streaming included), reflection listing every service, and a
+//! backend that is down answered with a readable UNAVAILABLE.
+#![allow(clippy::unwrap_used)]
+
+use futures::StreamExt;
+use parking_e2e::{channel, day, reserve, Backend, Cluster, Svc};
+use parking_proto::v1 as pb;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_through_the_gateway_only() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let gw = channel(c.start_gateway().await).await;
+    let mut reservations =
+        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(gw.clone());
+    let mut lot = pb::parking_lot_service_client::ParkingLotServiceClient::new(gw.clone());
+    let mut deliveries =
+        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(gw.clone());
+    let mut status =
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(gw.clone());
+
+    let date = day(3);
+    lot.set_daily_capacity(pb::SetDailyCapacityRequest {
+        date: date.clone(),
+        capacity: 2,
+    })
+    .await
+    .unwrap();
+    let r = reservations
+        .reserve_ticket(reserve(3117, &date))
+        .await
+        .unwrap()
+        .into_inner();
+    // Follow it on the server stream, through the gateway.
+    let mut watch = status
+        .watch_reservation_status(pb::WatchReservationStatusRequest {
+            reservation_id: r.id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut delivery_id = 0;
+    while let Ok(Some(update)) = tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+        let update = update.unwrap();
+        if update.stage() == pb::ReservationStage::StageDeliveryRequested {
+            delivery_id = update.ticket_delivery_id;
+            break;
+        }
+    }
+    assert!(delivery_id > 0, "the watch reached DELIVERY_REQUESTED");
+    let shipped = deliveries
+        .ship_ticket(pb::ShipTicketRequest { delivery_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shipped.state(), pb::DeliveryState::DeliveryShipped);
+    let got = reservations
+        .get_reservation(pb::GetReservationRequest { id: r.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.state(), pb::ReservationState::Confirmed);
+    let a = lot
+        .get_daily_availability(pb::GetDailyAvailabilityRequest { date: date.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((a.capacity, a.occupied), (2, 1));
+    // Errors come through unchanged.
+    let err = reservations
+        .reserve_ticket(reserve(0, &date))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("member_id"), "{err:?}");
+
+    // A backend down: UNAVAILABLE with a message, the others unaffected.
+    c.stop_service(Svc::ParkingLot).await;
+    let err = lot
+        .get_daily_availability(pb::GetDailyAvailabilityRequest { date: date.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("parking-lot"), "{err:?}");
+    reservations
+        .get_reservation(pb::GetReservationRequest { id: r.id })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_through_the_gateway_lists_every_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let gw = channel(c.start_gateway().await).await;
+    let mut client = ServerReflectionClient::new(gw);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in [
+        "parking.v1.TicketReservationService",
+        "parking.v1.ParkingLotService",
+        "parking.v1.TicketDeliveryService",
+        "parking.v1.ReservationStatusService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&service), "{service} missing from {names:?}");
+    }
+}
