@@ -50,6 +50,7 @@ cat <<MSG
 
 parking-mesh is running (logs in var/log/, data in var/):
   gateway      127.0.0.1:8080   every service below, one entry point (gRPC)
+  parkingctl   target/debug/parkingctl --help
   reservation  127.0.0.1:50051  parking.v1.TicketReservationService
   parking-lot  127.0.0.1:50052  parking.v1.ParkingLotService
   delivery     127.0.0.1:50053  parking.v1.TicketDeliveryService

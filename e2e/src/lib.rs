@@ -72,7 +72,8 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn bin_dir() -> PathBuf {
+/// Where the built binaries are.
+pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("PARKING_BIN_DIR") {
         return dir.into();
     }
