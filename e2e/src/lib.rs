@@ -82,13 +82,20 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// A free TCP port on loopback (bound, then released for the service to take).
+/// A free TCP port on loopback for a service to take. Chosen at random below the kernel's
+/// ephemeral range (32768 and up), so neither outgoing connections nor another test's
+/// port-0 bind can take it between our check and the service's bind, even while the
+/// service is stopped for a restart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Today in the car park's default time zone, and days after it.
@@ -344,6 +351,11 @@ impl Cluster {
 
     /// Starts the gateway in front of the four services; returns its port.
     pub async fn start_gateway(&mut self) -> u16 {
+        self.start_gateway_with(&[]).await
+    }
+
+    /// Starts the gateway with extra settings.
+    pub async fn start_gateway_with(&mut self, env: &[(&str, &str)]) -> u16 {
         let port = free_port();
         let bin = bin_dir().join("gateway");
         assert!(
@@ -364,6 +376,7 @@ impl Cluster {
             .env("PARKING_LOT_URL", url(Svc::ParkingLot))
             .env("DELIVERY_URL", url(Svc::Delivery))
             .env("STATUS_URL", url(Svc::Status))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)

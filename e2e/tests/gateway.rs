@@ -124,3 +124,59 @@ async fn reflection_through_the_gateway_lists_every_service() {
         assert!(names.contains(&service), "{service} missing from {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_above_the_rate_limit_is_refused_and_normal_traffic_is_not() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let gw = channel(
+        c.start_gateway_with(&[("RATE_LIMIT_PER_ADDR", "5"), ("RATE_LIMIT_BURST", "5")])
+            .await,
+    )
+    .await;
+    let client = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(gw);
+    let calls = (0..30).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_reservation(pb::GetReservationRequest { id: 999_999 })
+                .await
+                .unwrap_err()
+        }
+    });
+    let refusals = futures::future::join_all(calls).await;
+    let exhausted: Vec<_> = refusals
+        .iter()
+        .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+        .collect();
+    assert!(
+        exhausted.len() >= 20,
+        "only {} of 30 refused",
+        exhausted.len()
+    );
+    assert!(
+        refusals.iter().any(|s| s.code() == tonic::Code::NotFound),
+        "the burst allowance went through"
+    );
+    assert!(
+        exhausted[0].message().contains("rate limit"),
+        "{:?}",
+        exhausted[0]
+    );
+    assert!(
+        exhausted[0].metadata().get("retry-after").is_some(),
+        "{:?}",
+        exhausted[0]
+    );
+
+    // Traffic under the limit (about 3 calls a second against 5) is never refused.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..8 {
+        let status = client
+            .clone()
+            .get_reservation(pb::GetReservationRequest { id: 999_999 })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

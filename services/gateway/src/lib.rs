@@ -3,8 +3,10 @@
 //! included; the gateway answers `grpc.health.v1` and reflection for all of them itself.
 //!
 //! - [`proxy`]: forwarding a call to its backend.
+//! - [`limit`]: rate limiting per client address.
 #![forbid(unsafe_code)]
 
+pub mod limit;
 pub mod proxy;
 
 use parking_common::config::OptionalAddr;
@@ -47,6 +49,12 @@ pub struct Config {
     /// ReservationStatusService backend.
     #[arg(long, env = "STATUS_URL", default_value = "http://127.0.0.1:50054")]
     pub status_url: String,
+    /// Calls per second allowed per client address (0: no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_ADDR", default_value_t = 200)]
+    pub rate_limit_per_addr: u32,
+    /// Burst allowed per client address above the steady rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400)]
+    pub rate_limit_burst: u32,
 }
 
 /// The gateway could not start or stopped with an error.
@@ -116,14 +124,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .add_service(reflection)
         .add_service(reflection_alpha)
         .into_axum_router();
+    let limit = std::num::NonZeroU32::new(config.rate_limit_per_addr).map(|per_second| {
+        limit::RateLimitLayer::new(limit::Config {
+            per_second,
+            burst: std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second),
+        })
+    });
     for (path, backend, url) in backends {
-        router = router.route_service(
-            path,
-            proxy::Forward {
-                backend,
-                channel: channel(url)?,
-            },
-        );
+        let forward = proxy::Forward {
+            backend,
+            channel: channel(url)?,
+        };
+        router = match &limit {
+            // One limiter for every backend: the limit is per client, not per service.
+            Some(limit) => router.route_service(path, tower::Layer::layer(limit, forward)),
+            None => router.route_service(path, forward),
+        };
     }
     let listener = parking_common::grpc::bind(config.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
