@@ -180,3 +180,109 @@ async fn a_burst_above_the_rate_limit_is_refused_and_normal_traffic_is_not() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A gRPC-Web call as a browser sends it: HTTP/1.1, `application/grpc-web+proto`, one
+/// length-prefixed message; the answer's message frame and trailer frame read byte by byte.
+async fn grpc_web(port: u16, path: &str, message: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/grpc-web+proto\r\n\
+         Accept: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer")
+        + 4;
+    let headers = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let mut payload = raw[split..].to_vec();
+    if headers.contains("transfer-encoding: chunked") {
+        // De-chunk: "<hex size>\r\n<bytes>\r\n" ... "0\r\n\r\n".
+        let mut out = Vec::new();
+        let mut rest = &payload[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        payload = out;
+    }
+    (headers, payload)
+}
+
+/// Splits a gRPC-Web body into (message frames, trailer text).
+fn frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    while body.len() >= 5 {
+        let flag = body[0];
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let frame = &body[5..5 + len];
+        if flag & 0x80 != 0 {
+            trailers.push_str(&String::from_utf8_lossy(frame).to_lowercase());
+        } else {
+            messages.push(frame.to_vec());
+        }
+        body = &body[5 + len..];
+    }
+    (messages, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_style_grpc_web_call_works() {
+    use prost::Message;
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let port = c.start_gateway().await;
+    let request = pb::ReserveTicketRequest {
+        member_id: 3117,
+        reservation_date: day(2),
+        request_id: "web-1".into(),
+    };
+    let (headers, body) = grpc_web(
+        port,
+        "/parking.v1.TicketReservationService/ReserveTicket",
+        &request.encode_to_vec(),
+    )
+    .await;
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/grpc-web+proto"),
+        "{headers}"
+    );
+    let (messages, trailers) = frames(&body);
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    let reservation = pb::TicketReservation::decode(messages[0].as_slice()).unwrap();
+    assert_eq!(
+        (reservation.member_id, reservation.state()),
+        (3117, pb::ReservationState::Requested)
+    );
+
+    // An error: the status arrives as gRPC-Web trailers (or trailers-only headers).
+    let unknown = pb::GetReservationRequest { id: 999_999 };
+    let (headers, body) = grpc_web(
+        port,
+        "/parking.v1.TicketReservationService/GetReservation",
+        &unknown.encode_to_vec(),
+    )
+    .await;
+    let (_, trailers) = frames(&body);
+    assert!(
+        headers.contains("grpc-status: 5") || trailers.contains("grpc-status:5"),
+        "NOT_FOUND expected: {headers} {trailers:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The gateway, the single entry point of parking-mesh on port 8080: every `parking.v1`
-//! gRPC call is routed by its service name to the backend that serves it, streaming
-//! included; the gateway answers `grpc.health.v1` and reflection for all of them itself.
+//! gRPC call (or gRPC-Web call over HTTP/1.1, as browsers make them) is routed by its
+//! service name to the backend that serves it, streaming included; the gateway answers
+//! `grpc.health.v1` and reflection for all of them itself.
 //!
 //! - [`proxy`]: forwarding a call to its backend.
 //! - [`limit`]: rate limiting per client address.
@@ -163,7 +164,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .await;
         }
     };
+    // HTTP/1.1 too, for gRPC-Web from browsers (translated to gRPC by tonic-web).
     let served = Server::builder()
+        .accept_http1(true)
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
