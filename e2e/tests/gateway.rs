@@ -286,3 +286,40 @@ async fn a_browser_style_grpc_web_call_works() {
         "NOT_FOUND expected: {headers} {trailers:?}"
     );
 }
+
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_endpoint_reports_every_backend() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let port = c.start_gateway().await;
+    let (head, body) = http_get(port, "/status").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for backend in ["reservation", "parking-lot", "delivery", "status"] {
+        assert_eq!(report["backends"][backend], "SERVING", "{report}");
+    }
+    c.stop_service(Svc::Delivery).await;
+    let (head, body) = http_get(port, "/status").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        report["backends"]["delivery"]
+            .as_str()
+            .unwrap()
+            .starts_with("UNAVAILABLE"),
+        "{report}"
+    );
+    assert_eq!(report["backends"]["reservation"], "SERVING", "{report}");
+}

@@ -5,16 +5,19 @@
 //!
 //! - [`proxy`]: forwarding a call to its backend.
 //! - [`limit`]: rate limiting per client address.
+//! - [`status`]: `GET /status`, the health of every backend.
 #![forbid(unsafe_code)]
 
 pub mod limit;
 pub mod proxy;
+pub mod status;
 
 use parking_common::config::OptionalAddr;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Server};
+use tower::Layer;
 
 /// Configuration of the gateway.
 #[derive(clap::Parser, Debug, Clone)]
@@ -131,17 +134,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             burst: std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second),
         })
     });
+    let mut checked = Vec::new();
     for (path, backend, url) in backends {
         let forward = proxy::Forward {
             backend,
             channel: channel(url)?,
         };
+        checked.push((backend, forward.channel.clone()));
+        // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such
+        // as /status stay plain; one limiter for every backend: the limit is per client.
+        let web = tonic_web::GrpcWebLayer::new();
         router = match &limit {
-            // One limiter for every backend: the limit is per client, not per service.
-            Some(limit) => router.route_service(path, tower::Layer::layer(limit, forward)),
-            None => router.route_service(path, forward),
+            Some(limit) => router.route_service(path, web.layer(limit.layer(forward))),
+            None => router.route_service(path, web.layer(forward)),
         };
     }
+    let backends = status::Backends(checked);
+    router = router.route(
+        "/status",
+        axum::routing::get(move || status::report(backends.clone())),
+    );
     let listener = parking_common::grpc::bind(config.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_listen.0 {
@@ -164,10 +176,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .await;
         }
     };
-    // HTTP/1.1 too, for gRPC-Web from browsers (translated to gRPC by tonic-web).
+    // HTTP/1.1 too: gRPC-Web from browsers and the /status page.
     let served = Server::builder()
         .accept_http1(true)
-        .layer(tonic_web::GrpcWebLayer::new())
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -53,9 +53,9 @@ pub struct RateLimit<S> {
     layer: RateLimitLayer,
 }
 
-impl<S> Service<http::Request<AxumBody>> for RateLimit<S>
+impl<S, B> Service<http::Request<B>> for RateLimit<S>
 where
-    S: Service<http::Request<AxumBody>, Response = http::Response<AxumBody>, Error = Infallible>,
+    S: Service<http::Request<B>, Response = http::Response<AxumBody>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<AxumBody>;
@@ -69,7 +69,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<AxumBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let client = request
             .extensions()
             .get::<TcpConnectInfo>()

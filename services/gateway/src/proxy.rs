@@ -19,7 +19,11 @@ pub struct Forward {
     pub channel: Channel,
 }
 
-impl Service<http::Request<AxumBody>> for Forward {
+impl<B> Service<http::Request<B>> for Forward
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Response = http::Response<AxumBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -28,7 +32,7 @@ impl Service<http::Request<AxumBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<AxumBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let channel = self.channel.clone();
         let backend = self.backend;
         Box::pin(async move {
