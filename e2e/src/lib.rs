@@ -82,6 +82,22 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// A built binary with a clean environment, no stdin, killed when dropped.
+fn binary(name: &str) -> Command {
+    let bin = bin_dir().join(name);
+    assert!(
+        bin.exists(),
+        "{} not found: build the binaries first (cargo build --bins, as make test does)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A free TCP port on loopback for a service to take. Chosen at random below the kernel's
 /// ephemeral range (32768 and up), so neither outgoing connections nor another test's
 /// port-0 bind can take it between our check and the service's bind, even while the
@@ -262,16 +278,8 @@ impl Cluster {
     }
 
     fn command(&self, svc: Svc, port: u16, nats: &str, metrics_port: u16) -> Command {
-        let bin = bin_dir().join(svc.binary());
-        assert!(
-            bin.exists(),
-            "{} not found: build the services first (cargo build --bins, as make test does)",
-            bin.display()
-        );
-        let mut cmd = Command::new(bin);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,async_nats=warn")
+        let mut cmd = binary(svc.binary());
+        cmd.env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,async_nats=warn")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", self.database_url(svc))
             .env("NATS_URL", nats)
@@ -286,10 +294,34 @@ impl Cluster {
                 self.options.delivery_timeout_ms.to_string(),
             )
             .env("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .envs(self.extra_env.get(&svc).cloned().unwrap_or_default())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .envs(self.extra_env.get(&svc).cloned().unwrap_or_default());
         cmd
+    }
+
+    /// Runs `cmd` with its output in this cluster's folder and waits until the process
+    /// answers its health check on `port` while alive; fails at once if it dies.
+    async fn launch(&mut self, name: &str, mut cmd: Command, port: u16) -> Child {
+        self.started += 1;
+        let log = self.folder.join(format!("{name}-{}.log", self.started));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let healthy = wait_healthy(port, Duration::from_millis(500)).await.is_ok();
+            let exited = child.try_wait().ok().flatten();
+            // Healthy and still ours (not some other process that answers on the port).
+            if healthy && exited.is_none() {
+                return child;
+            }
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                self.dump_logs();
+                panic!("{name} did not become healthy on port {port} (exit: {exited:?})");
+            }
+        }
     }
 
     /// Starts (another process of) a service on its port, waiting until it is healthy.
@@ -313,40 +345,11 @@ impl Cluster {
     }
 
     async fn spawn(&mut self, svc: Svc, port: u16, nats: &str) {
-        self.started += 1;
-        let log = self
-            .folder
-            .join(format!("{}-{}.log", svc.binary(), self.started));
-        let file = std::fs::File::create(&log).unwrap();
         let metrics_port = free_port();
         self.metrics_ports.insert(svc, metrics_port);
-        let child = self
-            .command(svc, port, nats, metrics_port)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        let cmd = self.command(svc, port, nats, metrics_port);
+        let child = self.launch(svc.binary(), cmd, port).await;
         self.processes.push((svc, child));
-        // Healthy, or fail at once when the process died (bad config, taken port).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let healthy = wait_healthy(port, Duration::from_millis(500)).await.is_ok();
-            let exited = self
-                .processes
-                .last_mut()
-                .and_then(|(_, c)| c.try_wait().ok().flatten());
-            // Healthy and still ours (not some other process that answers on the port).
-            if healthy && exited.is_none() {
-                return;
-            }
-            if exited.is_some() || tokio::time::Instant::now() > deadline {
-                self.dump_logs();
-                panic!(
-                    "{} did not become healthy on port {port} (exit: {exited:?})",
-                    svc.binary()
-                );
-            }
-        }
     }
 
     /// Starts the gateway in front of the four services; returns its port.
@@ -357,39 +360,18 @@ impl Cluster {
     /// Starts the gateway with extra settings.
     pub async fn start_gateway_with(&mut self, env: &[(&str, &str)]) -> u16 {
         let port = free_port();
-        let bin = bin_dir().join("gateway");
-        assert!(
-            bin.exists(),
-            "{} not found: build the services first",
-            bin.display()
-        );
-        self.started += 1;
-        let log = self.folder.join(format!("gateway-{}.log", self.started));
-        let file = std::fs::File::create(&log).unwrap();
         let url = |svc: Svc| format!("http://127.0.0.1:{}", self.port(svc));
-        let child = Command::new(bin)
-            .env_clear()
-            .env("RUST_LOG", "info")
+        let mut cmd = binary("gateway");
+        cmd.env("RUST_LOG", "info")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("METRICS_LISTEN", "off")
             .env("RESERVATION_URL", url(Svc::Reservation))
             .env("PARKING_LOT_URL", url(Svc::ParkingLot))
             .env("DELIVERY_URL", url(Svc::Delivery))
             .env("STATUS_URL", url(Svc::Status))
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .envs(env.iter().copied());
+        let child = self.launch("gateway", cmd, port).await;
         self.gateways.push(child);
-        wait_healthy(port, Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| {
-                self.dump_logs();
-                panic!("gateway did not become healthy: {e}")
-            });
         port
     }
 

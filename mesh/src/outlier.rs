@@ -81,6 +81,23 @@ struct Health {
 struct State {
     health: Vec<Health>,
     cursor: usize,
+    /// Ejected endpoints last written to the gauges: they are written on change only,
+    /// not on every call.
+    reported: usize,
+}
+
+impl State {
+    fn report(&mut self, host: &str, metrics: &MeshMetrics) {
+        let ejected = self
+            .health
+            .iter()
+            .filter(|h| h.ejected_until.is_some())
+            .count();
+        if ejected != self.reported {
+            self.reported = ejected;
+            metrics.set_ejected(host, ejected, self.health.len());
+        }
+    }
 }
 
 /// Balances calls over endpoints, ejecting outliers when `config` is set.
@@ -131,7 +148,11 @@ impl<S> Balancer<S> {
             endpoints: Arc::new(endpoints),
             config,
             pick,
-            state: Arc::new(Mutex::new(State { health, cursor: 0 })),
+            state: Arc::new(Mutex::new(State {
+                health,
+                cursor: 0,
+                reported: 0,
+            })),
             metrics,
         }
     }
@@ -256,8 +277,7 @@ impl<S> Balancer<S> {
         );
         self.metrics.ejection(&self.host);
         tracing::warn!(host = %self.host, endpoint = index, ejection = ?time, "endpoint ejected by outlier detection");
-        let ejected = ejected + 1;
-        self.metrics.set_ejected(&self.host, ejected, total);
+        state.report(&self.host, &self.metrics);
     }
 }
 
@@ -301,13 +321,7 @@ where
         let chosen = {
             let mut state = lock(&self.state);
             self.refresh(&mut state, now);
-            let total = state.health.len();
-            let ejected = state
-                .health
-                .iter()
-                .filter(|h| h.ejected_until.is_some())
-                .count();
-            self.metrics.set_ejected(&self.host, ejected, total);
+            state.report(&self.host, &self.metrics);
             match self.choose(&mut state) {
                 Some(i) => {
                     state.health[i].in_flight += 1;

@@ -14,6 +14,7 @@ use crate::metrics::MeshMetrics;
 use crate::replay::Replay;
 use crate::{BoxFuture, Request, Response};
 use rand::Rng;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Code;
@@ -139,7 +140,11 @@ pub fn jitter_upper(retry: u32) -> Duration {
 }
 
 #[derive(Debug, Clone)]
-pub struct RetryLayer {
+pub struct RetryLayer(Arc<Policy>);
+
+/// What every try of every call reads; shared, as the service is cloned per call.
+#[derive(Debug)]
+struct Policy {
     host: String,
     config: Config,
     metrics: MeshMetrics,
@@ -147,11 +152,11 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     pub fn layer(host: &str, config: Config, metrics: MeshMetrics) -> Self {
-        Self {
+        Self(Arc::new(Policy {
             host: host.to_owned(),
             config,
             metrics,
-        }
+        }))
     }
 }
 
@@ -196,7 +201,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let inner = self.inner.clone();
-        let layer = self.layer.clone();
+        let layer = self.layer.0.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let replay = Replay::new(body);

@@ -48,14 +48,15 @@ impl MatchBlock {
 pub struct Router {
     host: String,
     /// (match blocks, route stack); empty blocks accept everything.
-    routes: Vec<(Vec<MatchBlock>, MeshService)>,
+    /// Shared, so cloning the router per call (as `MeshClient` does) copies no list.
+    routes: std::sync::Arc<[(Vec<MatchBlock>, MeshService)]>,
 }
 
 impl Router {
     pub fn new(host: &str, routes: Vec<(Vec<MatchBlock>, MeshService)>) -> Self {
         Self {
             host: host.to_owned(),
-            routes,
+            routes: routes.into(),
         }
     }
 }

@@ -12,7 +12,8 @@ use tower::{Service, ServiceExt};
 
 #[derive(Clone)]
 pub struct WeightedSplit {
-    targets: Vec<(u32, MeshService)>,
+    /// Shared: the split is cloned per call.
+    targets: std::sync::Arc<[(u32, MeshService)]>,
     total: u32,
 }
 
@@ -20,7 +21,10 @@ impl WeightedSplit {
     /// Targets with weight 0 never get a call; at least one weight must be > 0.
     pub fn new(targets: Vec<(u32, MeshService)>) -> Self {
         let total = targets.iter().map(|(w, _)| *w).sum();
-        Self { targets, total }
+        Self {
+            targets: targets.into(),
+            total,
+        }
     }
 
     fn pick(&self, roll: u32) -> usize {

@@ -98,6 +98,31 @@ pub async fn execute_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), D
         .map(|_| ())
 }
 
+/// A service's migrations after the shared ones (outbox and inbox).
+pub fn with_shared(own: Vec<Box<dyn MigrationTrait>>) -> Vec<Box<dyn MigrationTrait>> {
+    let mut all = shared_migrations();
+    all.extend(own);
+    all
+}
+
+/// A `BIGINT` auto-increment primary key (the same column on SQLite and PostgreSQL).
+pub fn id_column<T: IntoIden>(name: T) -> ColumnDef {
+    ColumnDef::new(name)
+        .big_integer()
+        .not_null()
+        .auto_increment()
+        .primary_key()
+        .to_owned()
+}
+
+/// A `TIMESTAMP WITH TIME ZONE NOT NULL` column.
+pub fn time_column<T: IntoIden>(name: T) -> ColumnDef {
+    ColumnDef::new(name)
+        .timestamp_with_time_zone()
+        .not_null()
+        .to_owned()
+}
+
 /// The migrations of the tables every service has: the outbox and the inbox.
 pub fn shared_migrations() -> Vec<Box<dyn MigrationTrait>> {
     vec![Box::new(CreateOutboxAndInbox)]
@@ -139,13 +164,7 @@ impl MigrationTrait for CreateOutboxAndInbox {
                 Table::create()
                     .table(Outbox::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Outbox::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(id_column(Outbox::Id))
                     .col(
                         ColumnDef::new(Outbox::EventId)
                             .string()
@@ -155,11 +174,7 @@ impl MigrationTrait for CreateOutboxAndInbox {
                     .col(ColumnDef::new(Outbox::Subject).string().not_null())
                     .col(ColumnDef::new(Outbox::Payload).blob().not_null())
                     .col(ColumnDef::new(Outbox::Traceparent).string().null())
-                    .col(
-                        ColumnDef::new(Outbox::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(time_column(Outbox::CreatedAt))
                     .col(
                         ColumnDef::new(Outbox::SentAt)
                             .timestamp_with_time_zone()
@@ -185,11 +200,7 @@ impl MigrationTrait for CreateOutboxAndInbox {
                             .not_null(),
                     )
                     .col(ColumnDef::new(ProcessedEvents::EventId).string().not_null())
-                    .col(
-                        ColumnDef::new(ProcessedEvents::ProcessedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(time_column(ProcessedEvents::ProcessedAt))
                     .primary_key(
                         Index::create()
                             .col(ProcessedEvents::Consumer)

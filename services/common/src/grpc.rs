@@ -9,7 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::Status;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 /// Serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +35,63 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves `service` with health and reflection until `shutdown`, then drains in-flight calls.
+/// Health and reflection (v1 and v1alpha, every parking.v1 service): the routes every
+/// server starts from. The reporter says SERVING for the whole server.
+pub async fn base_routes() -> Result<(HealthReporter, Routes), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(parking_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = Routes::new(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok((health, routes))
+}
+
+/// Serves `routes` until `shutdown`, then drains in-flight calls while probes see
+/// NOT_SERVING for the server and each of `names`. HTTP/1.1 is accepted too (gRPC-Web and
+/// plain pages where a server routes them).
+pub async fn serve_routes(
+    listener: TcpListener,
+    routes: Routes,
+    health: HealthReporter,
+    names: &[&'static str],
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    for name in names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    tracing::info!(services = ?names, addr = ?listener.local_addr().ok(), "gRPC server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let drained = {
+        let names = names.to_vec();
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            for name in names {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    };
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, drained)
+        .await?;
+    tracing::info!(services = ?names, "gRPC server stopped");
+    Ok(())
+}
+
+/// Serves one service with health and reflection until `shutdown`.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -47,46 +106,15 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(parking_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(parking_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let local = listener.local_addr().ok();
-    tracing::info!(service = S::NAME, addr = ?local, "gRPC server listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let drained = {
-        let health = health.clone();
-        async move {
-            shutdown.cancelled().await;
-            // Probes see NOT_SERVING while in-flight calls drain.
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health
-                .set_service_status(S::NAME, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, drained)
-        .await?;
-    tracing::info!(service = S::NAME, "gRPC server stopped");
-    Ok(())
+    let (health, routes) = base_routes().await?;
+    serve_routes(
+        listener,
+        routes.add_service(service),
+        health,
+        &[S::NAME],
+        shutdown,
+    )
+    .await
 }
 
 /// An internal error for the caller, with the detail in the log only.

@@ -8,9 +8,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = db::shared_migrations();
-        all.push(Box::new(CreateDeliveries));
-        all
+        db::with_shared(vec![Box::new(CreateDeliveries)])
     }
 }
 
@@ -43,13 +41,7 @@ impl MigrationTrait for CreateDeliveries {
                 Table::create()
                     .table(Deliveries::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Deliveries::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(db::id_column(Deliveries::Id))
                     // One order per reservation; a cancellation recorded first holds the place.
                     .col(
                         ColumnDef::new(Deliveries::ReservationId)
@@ -69,16 +61,8 @@ impl MigrationTrait for CreateDeliveries {
                     )
                     .col(ColumnDef::new(Deliveries::SpaceNumber).integer().not_null())
                     .col(ColumnDef::new(Deliveries::State).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(Deliveries::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Deliveries::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(db::time_column(Deliveries::CreatedAt))
+                    .col(db::time_column(Deliveries::UpdatedAt))
                     .to_owned(),
             )
             .await?;

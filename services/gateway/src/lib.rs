@@ -16,7 +16,7 @@ use parking_common::config::OptionalAddr;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Endpoint;
 use tower::Layer;
 
 /// Configuration of the gateway.
@@ -71,10 +71,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Serve(#[from] parking_common::grpc::ServeError),
-    #[error("reflection set-up failed: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gateway server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 fn channel(url: &str) -> Result<tonic::transport::Channel, Error> {
@@ -112,22 +108,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             &config.status_url,
         ),
     ];
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(parking_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(parking_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let mut router = tonic::service::Routes::new(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .into_axum_router();
+    let (health, routes) = parking_common::grpc::base_routes().await?;
+    let mut router = routes.into_axum_router();
     let limit = std::num::NonZeroU32::new(config.rate_limit_per_addr).map(|per_second| {
         limit::RateLimitLayer::new(limit::Config {
             per_second,
@@ -158,39 +140,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.metrics_listen.0 {
         let metrics = parking_common::grpc::bind(addr).await?;
-        let registry = std::sync::Arc::new(prometheus_registry());
+        // The gateway's own series come with the observability issue.
+        let registry = std::sync::Arc::new(prometheus_client::registry::Registry::default());
         tasks.spawn(parking_common::metrics::serve(
             metrics,
             registry,
             shutdown.clone(),
         ));
     }
-    tracing::info!(addr = %config.listen, "gateway listening");
-    let drained = {
-        let health = health.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        }
-    };
-    // HTTP/1.1 too: gRPC-Web from browsers and the /status page.
-    let served = Server::builder()
-        .accept_http1(true)
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            drained,
-        )
-        .await;
+    let served = parking_common::grpc::serve_routes(
+        listener,
+        tonic::service::Routes::from(router),
+        health,
+        &[],
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     served.map_err(Into::into)
-}
-
-/// The gateway's own series (none yet beyond the process; the observability issue adds RED metrics).
-fn prometheus_registry() -> prometheus_client::registry::Registry {
-    prometheus_client::registry::Registry::default()
 }

@@ -8,9 +8,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = db::shared_migrations();
-        all.push(Box::new(CreateQuotaAndAllocations));
-        all
+        db::with_shared(vec![Box::new(CreateQuotaAndAllocations)])
     }
 }
 
@@ -73,13 +71,7 @@ impl MigrationTrait for CreateQuotaAndAllocations {
                 Table::create()
                     .table(Allocations::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Allocations::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(db::id_column(Allocations::Id))
                     .col(
                         ColumnDef::new(Allocations::ReservationId)
                             .big_integer()
@@ -98,16 +90,8 @@ impl MigrationTrait for CreateQuotaAndAllocations {
                     )
                     .col(ColumnDef::new(Allocations::SpaceNumber).integer().null())
                     .col(ColumnDef::new(Allocations::State).string_len(32).not_null())
-                    .col(
-                        ColumnDef::new(Allocations::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Allocations::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(db::time_column(Allocations::CreatedAt))
+                    .col(db::time_column(Allocations::UpdatedAt))
                     .to_owned(),
             )
             .await?;

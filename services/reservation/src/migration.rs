@@ -8,9 +8,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = db::shared_migrations();
-        all.push(Box::new(CreateReservations));
-        all
+        db::with_shared(vec![Box::new(CreateReservations)])
     }
 }
 
@@ -42,13 +40,7 @@ impl MigrationTrait for CreateReservations {
                 Table::create()
                     .table(Reservations::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Reservations::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(db::id_column(Reservations::Id))
                     .col(
                         ColumnDef::new(Reservations::MemberId)
                             .big_integer()
@@ -69,16 +61,8 @@ impl MigrationTrait for CreateReservations {
                             .string_len(128)
                             .null(),
                     )
-                    .col(
-                        ColumnDef::new(Reservations::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Reservations::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(db::time_column(Reservations::CreatedAt))
+                    .col(db::time_column(Reservations::UpdatedAt))
                     .to_owned(),
             )
             .await?;

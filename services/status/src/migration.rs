@@ -9,9 +9,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = db::shared_migrations();
-        all.push(Box::new(CreateView));
-        all
+        db::with_shared(vec![Box::new(CreateView)])
     }
 }
 
@@ -90,11 +88,7 @@ impl MigrationTrait for CreateView {
                             .integer()
                             .not_null(),
                     )
-                    .col(
-                        ColumnDef::new(ReservationStatus::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(db::time_column(ReservationStatus::UpdatedAt))
                     .to_owned(),
             )
             .await?;
@@ -129,11 +123,7 @@ impl MigrationTrait for CreateView {
                             .string_len(32)
                             .not_null(),
                     )
-                    .col(
-                        ColumnDef::new(StatusHistory::OccurredAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(db::time_column(StatusHistory::OccurredAt))
                     .to_owned(),
             )
             .await?;
