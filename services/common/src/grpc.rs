@@ -35,6 +35,36 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// A generated tonic server (e.g. `TicketReservationServiceServer<Api>`), as a server's
+/// routes take it.
+pub trait GrpcService:
+    tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Health and reflection (v1 and v1alpha, every parking.v1 service): the routes every
 /// server starts from. The reporter says SERVING for the whole server.
 pub async fn base_routes() -> Result<(HealthReporter, Routes), ServeError> {
@@ -92,20 +122,11 @@ pub async fn serve_routes(
 }
 
 /// Serves one service with health and reflection until `shutdown`.
-pub async fn serve<S>(
+pub async fn serve<S: GrpcService>(
     listener: TcpListener,
     service: S,
     shutdown: CancellationToken,
-) -> Result<(), ServeError>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> Result<(), ServeError> {
     let (health, routes) = base_routes().await?;
     serve_routes(
         listener,

@@ -7,17 +7,13 @@ use crate::consumer::{self, EventHandler, Subscription};
 use crate::events::EventContext;
 use crate::outbox::Outbox;
 use crate::{db, grpc, nats};
-use http::{Request, Response};
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::body::Body;
-use tonic::server::NamedService;
 
 /// A service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -119,16 +115,10 @@ impl Host {
 
     /// Serves `service` until shutdown, then waits for the relay and the policies to
     /// finish their in-flight work.
-    pub async fn serve<S>(mut self, service: S) -> Result<(), StartError>
-    where
-        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub async fn serve<S: crate::grpc::GrpcService>(
+        mut self,
+        service: S,
+    ) -> Result<(), StartError> {
         if let Some(listener) = self.metrics_listener.take() {
             let registry = Arc::new(std::mem::take(&mut self.registry));
             self.tasks.spawn(crate::metrics::serve(
