@@ -5,6 +5,7 @@
 //!   plus the outbox and inbox tables every service carries.
 //! - [`events`]: the event envelope, subjects and stream names on JetStream.
 //! - [`outbox`]: the transactional outbox and the relay that publishes it.
+//! - [`identity`]: the caller the gateway verified, and what each role may do.
 //! - [`inbox`]: processed-event ids, written in the same transaction as a handler's effect.
 //! - [`nats`]: connecting to JetStream and declaring streams.
 //! - [`consumer`]: durable pull consumers shared by replicas, with retry back-off.
@@ -23,6 +24,7 @@ pub mod consumer;
 pub mod db;
 pub mod events;
 pub mod grpc;
+pub mod identity;
 pub mod inbox;
 pub mod metrics;
 pub mod nats;

@@ -3,6 +3,7 @@
 use crate::domain::DeliveryState;
 use crate::store::{Shipping, Store, TicketDelivery};
 use parking_common::calendar::{format_day, parse_day};
+use parking_common::identity::{Caller, Role};
 use parking_common::grpc::{db_status, positive_id};
 use parking_common::paging::Page;
 use parking_common::pb;
@@ -37,6 +38,7 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        Caller::from_metadata(request.metadata())?.require(Role::Manager, "the delivery list")?;
         let req = request.into_inner();
         let date = if req.reservation_date.is_empty() {
             None
@@ -75,6 +77,7 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::ShipTicketRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
+        Caller::from_metadata(request.metadata())?.require(Role::Manager, "ShipTicket")?;
         let id = positive_id("delivery_id", request.into_inner().delivery_id)?;
         match self
             .store
@@ -95,6 +98,8 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::CancelDeliveryRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
+        // ParkingLot's call from inside the mesh; from outside, an admin's repair tool.
+        Caller::from_metadata(request.metadata())?.require(Role::Admin, "CancelDelivery")?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let d = self
             .store

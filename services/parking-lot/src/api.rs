@@ -3,6 +3,7 @@
 use crate::domain::{check_capacity, remaining};
 use crate::store::{CapacitySet, Day, Store};
 use parking_common::calendar::{format_day, parse_day, Calendar};
+use parking_common::identity::{Caller, Role};
 use parking_common::grpc::db_status;
 use parking_common::pb;
 use tonic::{Request, Response, Status};
@@ -27,8 +28,13 @@ impl pb::parking_lot_service_server::ParkingLotService for Api {
         &self,
         request: Request<pb::GetDailyAvailabilityRequest>,
     ) -> Result<Response<pb::DailyAvailability>, Status> {
-        let date = parse_day("date", &request.into_inner().date)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let date = request.into_inner().date;
+        // No date: today's, as `GET /parkingLots` asks.
+        let date = if date.is_empty() {
+            self.calendar.today()
+        } else {
+            parse_day("date", &date).map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
         let date = format_day(date);
         let day = self
             .store
@@ -42,6 +48,7 @@ impl pb::parking_lot_service_server::ParkingLotService for Api {
         &self,
         request: Request<pb::SetDailyCapacityRequest>,
     ) -> Result<Response<pb::DailyAvailability>, Status> {
+        Caller::from_metadata(request.metadata())?.require(Role::Admin, "SetDailyCapacity")?;
         let req = request.into_inner();
         let day =
             parse_day("date", &req.date).map_err(|e| Status::invalid_argument(e.to_string()))?;

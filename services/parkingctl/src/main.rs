@@ -249,7 +249,7 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
                 }
             } else {
                 let s = client
-                    .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id })
+                    .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id, ..Default::default() })
                     .await?
                     .into_inner();
                 print_status(&s, json);

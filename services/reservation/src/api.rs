@@ -4,6 +4,7 @@ use crate::domain::{Application, ReservationState};
 use crate::store::{Cancelled, Reserved, Store, TicketReservation};
 use parking_common::calendar::{format_day, Calendar};
 use parking_common::grpc::{db_status, positive_id};
+use parking_common::identity::Caller;
 use parking_common::paging::Page;
 use parking_common::pb;
 use tonic::{Request, Response, Status};
@@ -36,7 +37,9 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::ReserveTicketRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let req = request.into_inner();
+        caller.may_act_for(req.member_id)?;
         let date = self
             .calendar
             .bookable_day("reservation_date", &req.reservation_date)
@@ -66,7 +69,15 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let id = positive_id("id", request.into_inner().id)?;
+        if caller != Caller::Internal {
+            // A reservation's member never changes, so checking before the cancel is safe.
+            match self.store.get(id).await.map_err(|e| db_status("CancelReservation", e))? {
+                Some(r) => caller.may_act_for(r.member_id)?,
+                None => return Err(Status::not_found(format!("no reservation with id {id}"))),
+            }
+        }
         match self
             .store
             .cancel(id)
@@ -91,6 +102,7 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let id = positive_id("id", request.into_inner().id)?;
         match self
             .store
@@ -98,7 +110,10 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
             .await
             .map_err(|e| db_status("GetReservation", e))?
         {
-            Some(r) => Ok(Response::new(to_pb(r))),
+            Some(r) => {
+                caller.may_see(r.member_id)?;
+                Ok(Response::new(to_pb(r)))
+            }
             None => Err(Status::not_found(format!("no reservation with id {id}"))),
         }
     }
@@ -107,8 +122,9 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let req = request.into_inner();
-        let member = match req.member_id {
+        let member = match caller.list_scope(req.member_id)? {
             0 => None,
             id => Some(positive_id("member_id", id)?),
         };

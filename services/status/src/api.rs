@@ -5,6 +5,7 @@ use crate::domain::{Stage, View};
 use crate::store::{Status as StoredStatus, Store};
 use parking_common::calendar::{format_day, parse_day};
 use parking_common::events::timestamp;
+use parking_common::identity::Caller;
 use parking_common::grpc::{db_status, positive_id};
 use parking_common::paging::Page;
 use parking_common::pb;
@@ -77,14 +78,23 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::GetReservationStatusRequest>,
     ) -> Result<Response<pb::ReservationStatus>, Status> {
-        let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.into_inner();
+        // `id` is the seed's REST query name (/reservationStatuses/reservationID?id=).
+        let id = match (req.reservation_id, req.id) {
+            (0, id) => positive_id("id", id)?,
+            (id, _) => positive_id("reservation_id", id)?,
+        };
         match self
             .store
             .get(id)
             .await
             .map_err(|e| db_status("GetReservationStatus", e))?
         {
-            Some(s) => Ok(Response::new(to_pb(s))),
+            Some(s) => {
+                caller.may_see(s.view.member_id)?;
+                Ok(Response::new(to_pb(s)))
+            }
             None => Err(Status::not_found(format!(
                 "no status for reservation {id} yet; a new reservation appears within moments"
             ))),
@@ -95,8 +105,9 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::ListReservationStatusesRequest>,
     ) -> Result<Response<pb::ListReservationStatusesResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let req = request.into_inner();
-        let member = match req.member_id {
+        let member = match caller.list_scope(req.member_id)? {
             0 => None,
             m => Some(positive_id("member_id", m)?),
         };
@@ -130,6 +141,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::WatchReservationStatusRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let mut changes = self.changes.subscribe();
         let store = self.store.clone();
@@ -141,6 +153,10 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
             loop {
                 match store.get(id).await {
                     Ok(Some(status)) => {
+                        if let Err(denied) = caller.may_see(status.view.member_id) {
+                            let _ = tx.send(Err(denied)).await;
+                            return;
+                        }
                         let seen = (status.view.stage, status.history.len());
                         if sent != Some(seen) {
                             if tx.send(Ok(to_pb(status))).await.is_err() {
