@@ -13,6 +13,7 @@
 use async_nats::jetstream;
 use chrono::NaiveDate;
 use futures::StreamExt;
+use parking_common::identity::Role;
 use parking_proto::v1 as pb;
 use prost::Message;
 use sea_orm::{ConnectionTrait, Database};
@@ -357,9 +358,59 @@ impl Cluster {
         self.start_gateway_with(&[]).await
     }
 
+    /// The gateway's accounts file (written once per cluster): see [`USERS`].
+    pub fn accounts_file(&self) -> PathBuf {
+        let path = self.folder.join("accounts.yaml");
+        if !path.exists() {
+            let mut accounts = gateway::users::Accounts::default();
+            for (name, role) in USERS {
+                accounts
+                    .set(false, name, role.parse().unwrap(), &password_of(name))
+                    .unwrap();
+            }
+            accounts
+                .set(true, "ops-bot", Role::Manager, &password_of("ops-bot"))
+                .unwrap();
+            accounts.save(&path).unwrap();
+        }
+        path
+    }
+
+    /// The key the gateway signs with (written once per cluster), so tests can sign
+    /// tokens that are genuine but expired or addressed elsewhere.
+    pub fn token_key_file(&self) -> PathBuf {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let path = self.folder.join("token-key.pem");
+        if !path.exists() {
+            let a = uuid::Uuid::new_v4();
+            let b = uuid::Uuid::new_v4();
+            let mut seed = [0u8; 32];
+            seed[..16].copy_from_slice(a.as_bytes());
+            seed[16..].copy_from_slice(b.as_bytes());
+            let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
+                .to_pkcs8_pem(Default::default())
+                .unwrap();
+            std::fs::write(&path, pem.as_bytes()).unwrap();
+        }
+        path
+    }
+
+    /// The gateway's key with the gateway's issuer and audience, for signing test tokens.
+    pub fn gateway_tokens(&self) -> gateway::tokens::Tokens {
+        gateway::tokens::Tokens::from_pem_file(
+            &self.token_key_file(),
+            "parking-mesh",
+            "parking-mesh",
+            Duration::from_secs(300),
+        )
+        .unwrap()
+    }
+
     /// Starts the gateway with extra settings.
     pub async fn start_gateway_with(&mut self, env: &[(&str, &str)]) -> u16 {
         let port = free_port();
+        let accounts = self.accounts_file();
+        let key = self.token_key_file();
         let url = |svc: Svc| format!("http://127.0.0.1:{}", self.port(svc));
         let mut cmd = binary("gateway");
         cmd.env("RUST_LOG", "info")
@@ -369,6 +420,8 @@ impl Cluster {
             .env("PARKING_LOT_URL", url(Svc::ParkingLot))
             .env("DELIVERY_URL", url(Svc::Delivery))
             .env("STATUS_URL", url(Svc::Status))
+            .env("ACCOUNTS_FILE", accounts)
+            .env("TOKEN_KEY_FILE", key)
             .envs(env.iter().copied());
         let child = self.launch("gateway", cmd, port).await;
         self.gateways.push(child);
@@ -603,6 +656,106 @@ impl Drop for Cluster {
             eprintln!("service logs kept in {}", self.folder.display());
         }
     }
+}
+
+/// The gateway's test users: login and role. Each one's password is [`password_of`].
+pub const USERS: [(&str, &str); 4] = [
+    ("3117", "employee"),
+    ("6", "employee"),
+    ("manager", "manager"),
+    ("admin", "admin"),
+];
+
+/// A test user's password.
+pub fn password_of(name: &str) -> String {
+    format!("{name}-secret-pw")
+}
+
+/// Sends a bearer token with every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends a token.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// A channel to the gateway that sends `token` (or none).
+pub async fn with_token(port: u16, token: Option<&str>) -> AuthChannel {
+    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+    tonic::service::interceptor::InterceptedService::new(channel(port).await, bearer)
+}
+
+/// One HTTP request to the gateway (HTTP/2 over the same kind of channel gRPC uses):
+/// status, headers and body.
+pub async fn http(
+    port: u16,
+    request: http::request::Builder,
+    body: impl Into<bytes::Bytes>,
+) -> (http::StatusCode, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = request
+        .uri_ref()
+        .map(|u| u.to_string())
+        .map(|path| format!("http://127.0.0.1:{port}{path}"))
+        .map(|uri| request.uri(uri))
+        .unwrap();
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            body.into(),
+        )))
+        .unwrap();
+    let response = channel(port).await.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// A token for user `name` from the gateway's password grant.
+pub async fn login(port: u16, name: &str) -> String {
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "password"),
+        ("username", name),
+        ("password", &password_of(name)),
+    ])
+    .unwrap();
+    let (status, _, body) = http(
+        port,
+        http::Request::post("/oauth2/token")
+            .header("content-type", "application/x-www-form-urlencoded"),
+        form,
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "login of {name}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A channel to the gateway logged in as `name`.
+pub async fn gateway_as(port: u16, name: &str) -> AuthChannel {
+    let token = login(port, name).await;
+    with_token(port, Some(&token)).await
 }
 
 /// A channel to a local port.

@@ -49,7 +49,10 @@ async fn wait_stage(c: &Cluster, id: i64, want: Stage) -> pb::ReservationStatus 
             let s = c
                 .status()
                 .await
-                .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id, ..Default::default() })
+                .get_reservation_status(pb::GetReservationStatusRequest {
+                    reservation_id: id,
+                    ..Default::default()
+                })
                 .await
                 .ok()?
                 .into_inner();
@@ -495,7 +498,10 @@ async fn status_view_converges_out_of_order(backend: Backend) {
             let s = c
                 .status()
                 .await
-                .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id, ..Default::default() })
+                .get_reservation_status(pb::GetReservationStatusRequest {
+                    reservation_id: id,
+                    ..Default::default()
+                })
                 .await
                 .ok()?
                 .into_inner();
@@ -523,7 +529,10 @@ async fn status_view_converges_out_of_order(backend: Backend) {
     let again = c
         .status()
         .await
-        .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id, ..Default::default() })
+        .get_reservation_status(pb::GetReservationStatusRequest {
+            reservation_id: id,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

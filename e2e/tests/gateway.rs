@@ -1,32 +1,42 @@
 //! The gateway as the single entry point: the seed's scenario over gRPC through port
-//! 8080's stand-in only (streaming included), reflection listing every service, and a
-//! backend that is down answered with a readable UNAVAILABLE.
+//! 8080's stand-in only (streaming included), each step by the role that does it in the
+//! seed (admin, employee, manager), reflection listing every service, rate limits, a
+//! browser's gRPC-Web call with CORS, and a backend that is down answered with a readable
+//! UNAVAILABLE.
 #![allow(clippy::unwrap_used)]
 
 use futures::StreamExt;
-use parking_e2e::{channel, day, reserve, Backend, Cluster, Svc};
+use parking_e2e::{channel, day, gateway_as, login, reserve, Backend, Cluster, Svc};
 use parking_proto::v1 as pb;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_scenario_through_the_gateway_only() {
     let mut c = Cluster::start(Backend::Sqlite).await;
-    let gw = channel(c.start_gateway().await).await;
+    let port = c.start_gateway().await;
+    let (employee, manager, admin) = (
+        gateway_as(port, "3117").await,
+        gateway_as(port, "manager").await,
+        gateway_as(port, "admin").await,
+    );
     let mut reservations =
-        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(gw.clone());
-    let mut lot = pb::parking_lot_service_client::ParkingLotServiceClient::new(gw.clone());
+        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+            employee.clone(),
+        );
+    let mut lot = pb::parking_lot_service_client::ParkingLotServiceClient::new(employee.clone());
     let mut deliveries =
-        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(gw.clone());
+        pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(manager);
     let mut status =
-        pb::reservation_status_service_client::ReservationStatusServiceClient::new(gw.clone());
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(employee);
 
     let date = day(3);
-    lot.set_daily_capacity(pb::SetDailyCapacityRequest {
-        date: date.clone(),
-        capacity: 2,
-    })
-    .await
-    .unwrap();
+    pb::parking_lot_service_client::ParkingLotServiceClient::new(admin.clone())
+        .set_daily_capacity(pb::SetDailyCapacityRequest {
+            date: date.clone(),
+            capacity: 2,
+        })
+        .await
+        .unwrap();
     let r = reservations
         .reserve_ticket(reserve(3117, &date))
         .await
@@ -68,7 +78,7 @@ async fn the_seed_scenario_through_the_gateway_only() {
         .into_inner();
     assert_eq!((a.capacity, a.occupied), (2, 1));
     // Errors come through unchanged.
-    let err = reservations
+    let err = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(admin)
         .reserve_ticket(reserve(0, &date))
         .await
         .unwrap_err();
@@ -97,6 +107,7 @@ async fn reflection_through_the_gateway_lists_every_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let mut c = Cluster::start(Backend::Sqlite).await;
+    // Reflection needs no token: it describes the API, it is not the API.
     let gw = channel(c.start_gateway().await).await;
     let mut client = ServerReflectionClient::new(gw);
     let request = ServerReflectionRequest {
@@ -128,11 +139,10 @@ async fn reflection_through_the_gateway_lists_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_above_the_rate_limit_is_refused_and_normal_traffic_is_not() {
     let mut c = Cluster::start(Backend::Sqlite).await;
-    let gw = channel(
-        c.start_gateway_with(&[("RATE_LIMIT_PER_ADDR", "5"), ("RATE_LIMIT_BURST", "5")])
-            .await,
-    )
-    .await;
+    let port = c
+        .start_gateway_with(&[("RATE_LIMIT_PER_ADDR", "5"), ("RATE_LIMIT_BURST", "5")])
+        .await;
+    let gw = gateway_as(port, "admin").await;
     let client = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(gw);
     let calls = (0..30).map(|_| {
         let mut client = client.clone();
@@ -183,14 +193,15 @@ async fn a_burst_above_the_rate_limit_is_refused_and_normal_traffic_is_not() {
 
 /// A gRPC-Web call as a browser sends it: HTTP/1.1, `application/grpc-web+proto`, one
 /// length-prefixed message; the answer's message frame and trailer frame read byte by byte.
-async fn grpc_web(port: u16, path: &str, message: &[u8]) -> (String, Vec<u8>) {
+async fn grpc_web(port: u16, token: &str, path: &str, message: &[u8]) -> (String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut body = vec![0u8];
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(message);
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/grpc-web+proto\r\n\
-         Accept: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+         Accept: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nOrigin: http://app.example\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -248,6 +259,7 @@ async fn a_browser_style_grpc_web_call_works() {
     use prost::Message;
     let mut c = Cluster::start(Backend::Sqlite).await;
     let port = c.start_gateway().await;
+    let token = login(port, "3117").await;
     let request = pb::ReserveTicketRequest {
         member_id: 3117,
         reservation_date: day(2),
@@ -255,6 +267,7 @@ async fn a_browser_style_grpc_web_call_works() {
     };
     let (headers, body) = grpc_web(
         port,
+        &token,
         "/parking.v1.TicketReservationService/ReserveTicket",
         &request.encode_to_vec(),
     )
@@ -264,6 +277,12 @@ async fn a_browser_style_grpc_web_call_works() {
         headers.contains("content-type: application/grpc-web+proto"),
         "{headers}"
     );
+    // CORS: a page on another origin may read the answer and its gRPC status.
+    assert!(
+        headers.contains("access-control-allow-origin: *"),
+        "{headers}"
+    );
+    assert!(headers.contains("grpc-status"), "{headers}");
     let (messages, trailers) = frames(&body);
     assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
     let reservation = pb::TicketReservation::decode(messages[0].as_slice()).unwrap();
@@ -276,6 +295,7 @@ async fn a_browser_style_grpc_web_call_works() {
     let unknown = pb::GetReservationRequest { id: 999_999 };
     let (headers, body) = grpc_web(
         port,
+        &token,
         "/parking.v1.TicketReservationService/GetReservation",
         &unknown.encode_to_vec(),
     )
@@ -288,11 +308,18 @@ async fn a_browser_style_grpc_web_call_works() {
 }
 
 async fn http_get(port: u16, path: &str) -> (String, String) {
+    http1(port, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request with extra header lines; the head and the body of the answer.
+async fn http1(port: u16, method: &str, path: &str, headers: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
@@ -322,4 +349,69 @@ async fn status_endpoint_reports_every_backend() {
         "{report}"
     );
     assert_eq!(report["backends"]["reservation"], "SERVING", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_preflight_is_answered_without_a_token() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let port = c.start_gateway().await;
+    let (head, _) = http1(
+        port,
+        "OPTIONS",
+        "/parking.v1.TicketReservationService/ReserveTicket",
+        "Origin: http://app.example\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n",
+    )
+    .await;
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(head.contains("authorization"), "{head}");
+    assert!(head.contains("x-grpc-web"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_burst_is_limited_per_token_subject_and_others_are_not() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let port = c
+        .start_gateway_with(&[
+            ("RATE_LIMIT_PER_SUBJECT", "5"),
+            ("RATE_LIMIT_SUBJECT_BURST", "5"),
+        ])
+        .await;
+    let greedy = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+        gateway_as(port, "3117").await,
+    );
+    let other = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+        gateway_as(port, "6").await,
+    );
+    let calls = (0..30).map(|_| {
+        let mut client = greedy.clone();
+        async move {
+            client
+                .list_reservations(pb::ListReservationsRequest::default())
+                .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let refused: Vec<_> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+        .collect();
+    assert!(refused.len() >= 20, "only {} of 30 refused", refused.len());
+    assert!(
+        refused[0].message().contains("per user"),
+        "{:?}",
+        refused[0]
+    );
+    assert!(refused[0].metadata().get("retry-after").is_some());
+    // The same address, another user: unaffected.
+    for _ in 0..3 {
+        other
+            .clone()
+            .list_reservations(pb::ListReservationsRequest::default())
+            .await
+            .unwrap();
+    }
 }

@@ -19,7 +19,9 @@ pub const ROLE: &str = "x-parking-role";
 pub const PREFIX: &str = "x-parking-";
 
 /// What a person may do. Ordered: each role may do what the ones before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Applies for, cancels and sees their own reservations only.
@@ -213,7 +215,10 @@ mod tests {
         assert_eq!(code(e.may_see(6)), tonic::Code::PermissionDenied);
         assert_eq!(e.list_scope(0).ok(), Some(3117));
         assert_eq!(code(e.list_scope(6)), tonic::Code::PermissionDenied);
-        assert_eq!(code(e.require(Role::Manager, "x")), tonic::Code::PermissionDenied);
+        assert_eq!(
+            code(e.require(Role::Manager, "x")),
+            tonic::Code::PermissionDenied
+        );
         let bad = user("alice", Role::Employee);
         assert_eq!(code(bad.may_see(1)), tonic::Code::PermissionDenied);
     }
@@ -225,10 +230,16 @@ mod tests {
         assert_eq!(m.list_scope(0).ok(), Some(0));
         assert_eq!(code(m.may_act_for(6)), tonic::Code::PermissionDenied);
         assert_eq!(code(m.require(Role::Manager, "x")), tonic::Code::Ok);
-        assert_eq!(code(m.require(Role::Admin, "x")), tonic::Code::PermissionDenied);
+        assert_eq!(
+            code(m.require(Role::Admin, "x")),
+            tonic::Code::PermissionDenied
+        );
         let a = user("root", Role::Admin);
         assert_eq!(code(a.may_act_for(6)), tonic::Code::Ok);
-        assert_eq!(code(Caller::Internal.require(Role::Admin, "x")), tonic::Code::Ok);
+        assert_eq!(
+            code(Caller::Internal.require(Role::Admin, "x")),
+            tonic::Code::Ok
+        );
     }
 
     #[test]
@@ -242,7 +253,10 @@ mod tests {
         );
         let mut half = MetadataMap::new();
         half.insert(SUBJECT, "3117".parse().expect("ascii"));
-        assert_eq!(code(Caller::from_metadata(&half)), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(Caller::from_metadata(&half)),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(
             Caller::from_metadata(&MetadataMap::new()).ok(),
             Some(Caller::Internal)

@@ -3,8 +3,8 @@
 use crate::domain::DeliveryState;
 use crate::store::{Shipping, Store, TicketDelivery};
 use parking_common::calendar::{format_day, parse_day};
-use parking_common::identity::{Caller, Role};
 use parking_common::grpc::{db_status, positive_id};
+use parking_common::identity::{Caller, Role};
 use parking_common::paging::Page;
 use parking_common::pb;
 use tonic::{Request, Response, Status};

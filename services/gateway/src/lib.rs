@@ -3,17 +3,33 @@
 //! service name to the backend that serves it, streaming included; the gateway answers
 //! `grpc.health.v1` and reflection for all of them itself.
 //!
+//! Every API call passes the [`guard`] first: rate limits per client address and per
+//! token subject, an access token from [`oauth`]'s endpoint, and the verified identity set
+//! for the backends, which enforce each role's rights themselves.
+//!
 //! - [`proxy`]: forwarding a call to its backend.
-//! - [`limit`]: rate limiting per client address.
+//! - [`guard`]: limits, token check, identity headers.
+//! - [`limit`]: token-bucket rate limiters.
+//! - [`tokens`]: signing and checking JWTs; the JWK set.
+//! - [`users`]: the accounts file (argon2id hashes).
+//! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
+//! - [`rest`]: REST/JSON.
 //! - [`status`]: `GET /status`, the health of every backend.
 #![forbid(unsafe_code)]
 
+pub mod guard;
 pub mod limit;
+pub mod oauth;
 pub mod proxy;
+pub mod rest;
 pub mod status;
+pub mod tokens;
+pub mod users;
 
 use parking_common::config::OptionalAddr;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -59,6 +75,33 @@ pub struct Config {
     /// Burst allowed per client address above the steady rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400)]
     pub rate_limit_burst: u32,
+    /// Calls per second allowed per token subject (user or client; 0: no limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SUBJECT", default_value_t = 50)]
+    pub rate_limit_per_subject: u32,
+    /// Burst allowed per token subject above the steady rate.
+    #[arg(long, env = "RATE_LIMIT_SUBJECT_BURST", default_value_t = 100)]
+    pub rate_limit_subject_burst: u32,
+    /// Users and clients who may get tokens (YAML, argon2id hashes; `parkingctl users add`
+    /// writes it). Missing: nobody can log in.
+    #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
+    pub accounts_file: PathBuf,
+    /// Ed25519 private key (PKCS#8 PEM) that signs tokens. Unset: a key made at start,
+    /// so tokens end with the process and replicas do not share them.
+    #[arg(long, env = "TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// The tokens' issuer (`iss`).
+    #[arg(long, env = "TOKEN_ISSUER", default_value = "parking-mesh")]
+    pub token_issuer: String,
+    /// The tokens' audience (`aud`).
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "parking-mesh")]
+    pub token_audience: String,
+    /// How long a token lives, in seconds.
+    #[arg(long, env = "TOKEN_LIFETIME_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub token_lifetime_secs: u64,
+    /// Browser origins allowed to call (gRPC-Web, REST): a comma list, "*" for any, or
+    /// empty for none. Tokens travel in headers, never cookies, so "*" is no CSRF risk.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
+    pub cors_allowed_origins: String,
 }
 
 /// The gateway could not start or stopped with an error.
@@ -71,6 +114,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Serve(#[from] parking_common::grpc::ServeError),
+    #[error(transparent)]
+    Accounts(#[from] users::Error),
+    #[error(transparent)]
+    Tokens(#[from] tokens::Error),
+    #[error("CORS_ALLOWED_ORIGINS: {0:?} is not an origin")]
+    Origin(String),
 }
 
 fn channel(url: &str) -> Result<tonic::transport::Channel, Error> {
@@ -81,6 +130,47 @@ fn channel(url: &str) -> Result<tonic::transport::Channel, Error> {
         })?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())
+}
+
+/// CORS for browsers on other origins: gRPC-Web's and the bearer token's headers in,
+/// the gRPC status headers out.
+fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = origins.trim();
+    let allow = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| http::HeaderValue::from_str(o).map_err(|_| Error::Origin(o.to_owned())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    let header = http::HeaderName::from_static;
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            http::Method::GET,
+            http::Method::POST,
+            http::Method::DELETE,
+            http::Method::OPTIONS,
+        ])
+        .allow_headers([
+            http::header::AUTHORIZATION,
+            http::header::CONTENT_TYPE,
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+            http::header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600)))
 }
 
 /// Runs the gateway until `shutdown`.
@@ -108,14 +198,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             &config.status_url,
         ),
     ];
+    let lifetime = Duration::from_secs(config.token_lifetime_secs);
+    let tokens = Arc::new(match &config.token_key_file {
+        Some(path) => tokens::Tokens::from_pem_file(
+            path,
+            &config.token_issuer,
+            &config.token_audience,
+            lifetime,
+        )?,
+        None => {
+            tracing::warn!(
+                "TOKEN_KEY_FILE unset: signing with a key made now; tokens end with this process"
+            );
+            tokens::Tokens::ephemeral(&config.token_issuer, &config.token_audience, lifetime)?
+        }
+    });
+    let accounts = if config.accounts_file.exists() {
+        users::Accounts::load(&config.accounts_file)?
+    } else {
+        tracing::warn!(file = %config.accounts_file.display(), "no accounts file: nobody can log in (parkingctl users add writes one)");
+        users::Accounts::default()
+    };
+    tracing::info!(
+        users = accounts.users.len(),
+        clients = accounts.clients.len(),
+        "accounts loaded"
+    );
+    let guard = Arc::new(guard::Guard {
+        tokens: tokens.clone(),
+        by_addr: limit::Config::new(config.rate_limit_per_addr, config.rate_limit_burst)
+            .map(limit::Limiter::new),
+        by_subject: limit::Config::new(
+            config.rate_limit_per_subject,
+            config.rate_limit_subject_burst,
+        )
+        .map(limit::Limiter::new),
+    });
     let (health, routes) = parking_common::grpc::base_routes().await?;
     let mut router = routes.into_axum_router();
-    let limit = std::num::NonZeroU32::new(config.rate_limit_per_addr).map(|per_second| {
-        limit::RateLimitLayer::new(limit::Config {
-            per_second,
-            burst: std::num::NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second),
-        })
-    });
     let mut checked = Vec::new();
     for (path, backend, url) in backends {
         let forward = proxy::Forward {
@@ -124,20 +244,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         };
         checked.push((backend, forward.channel.clone()));
         // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such
-        // as /status stay plain; one limiter for every backend: the limit is per client.
+        // as /status stay plain.
         let web = tonic_web::GrpcWebLayer::new();
-        router = match &limit {
-            Some(limit) => router.route_service(path, web.layer(limit.layer(forward))),
-            None => router.route_service(path, web.layer(forward)),
-        };
+        router = router.route_service(
+            path,
+            web.layer(guard::GuardLayer(guard.clone()).layer(forward)),
+        );
     }
     let backends = status::Backends(checked);
-    router = router.route(
-        "/status",
-        axum::routing::get(move || status::report(backends.clone())),
-    );
+    let endpoint = Arc::new(oauth::TokenEndpoint {
+        tokens: tokens.clone(),
+        accounts: Arc::new(accounts),
+        guard: guard.clone(),
+    });
+    router = router
+        .route(
+            "/status",
+            axum::routing::get(move || status::report(backends.clone())),
+        )
+        .route(
+            "/oauth2/token",
+            axum::routing::any(move |request| endpoint.clone().token(request)),
+        )
+        .route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || std::future::ready(oauth::jwks(&tokens))),
+        )
+        .layer(cors(&config.cors_allowed_origins)?);
     let listener = parking_common::grpc::bind(config.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(guard.shrink_limiters(shutdown.clone()));
     if let Some(addr) = config.metrics_listen.0 {
         let metrics = parking_common::grpc::bind(addr).await?;
         // The gateway's own series come with the observability issue.

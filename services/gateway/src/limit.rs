@@ -1,33 +1,45 @@
-//! Rate limiting per client address: a token bucket per IP (governor's keyed limiter).
-//! A call over the limit is answered at once with RESOURCE_EXHAUSTED and a `retry-after`
-//! header (seconds), never queued; calls within it pass untouched. (Per token subject
-//! comes with the gateway's tokens.)
+//! Rate limits: a token bucket per key (governor's keyed limiter), one limiter per client
+//! address and one per token subject. A call over a limit is refused at once with how long
+//! to wait, never queued.
 
-use axum::body::Body as AxumBody;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::convert::Infallible;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tonic::transport::server::TcpConnectInfo;
-use tower::{Layer, Service};
 
-/// Calls per second and burst per client address.
+/// Calls per second and burst per key.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     pub per_second: NonZeroU32,
     pub burst: NonZeroU32,
 }
 
-#[derive(Clone)]
-pub struct RateLimitLayer {
-    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    config: Config,
+impl Config {
+    /// `None` when `per_second` is 0 (no limit); a burst of 0 means "the rate".
+    pub fn new(per_second: u32, burst: u32) -> Option<Config> {
+        let per_second = NonZeroU32::new(per_second)?;
+        Some(Config {
+            per_second,
+            burst: NonZeroU32::new(burst).unwrap_or(per_second),
+        })
+    }
 }
 
-impl RateLimitLayer {
+/// A call over the limit: wait this many whole seconds (at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    pub retry_after_secs: u64,
+}
+
+/// One token bucket per key.
+#[derive(Clone)]
+pub struct Limiter<K: Hash + Eq + Clone> {
+    limiter: Arc<DefaultKeyedRateLimiter<K>>,
+    pub config: Config,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(config: Config) -> Self {
         let quota = Quota::per_second(config.per_second).allow_burst(config.burst);
         Self {
@@ -35,61 +47,43 @@ impl RateLimitLayer {
             config,
         }
     }
-}
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    layer: RateLimitLayer,
-}
-
-impl<S, B> Service<http::Request<B>> for RateLimit<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<AxumBody>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<AxumBody>;
-    type Error = Infallible;
-    type Future = futures_util::future::Either<
-        S::Future,
-        std::future::Ready<Result<Self::Response, Infallible>>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let client = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|c| c.remote_addr())
-            .map(|a| a.ip());
-        if let Some(ip) = client {
-            if let Err(not_until) = self.layer.limiter.check_key(&ip) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let status = tonic::Status::resource_exhausted(format!(
-                    "rate limit: {} calls per second per client address (burst {}); retry after {secs} s",
-                    self.layer.config.per_second, self.layer.config.burst
-                ));
-                let mut response: http::Response<AxumBody> = status.into_http();
-                if let Ok(value) = http::HeaderValue::from_str(&secs.to_string()) {
-                    response.headers_mut().insert("retry-after", value);
-                }
-                return futures_util::future::Either::Right(std::future::ready(Ok(response)));
+    /// Takes one call from `key`'s bucket.
+    pub fn check(&self, key: &K) -> Result<(), OverLimit> {
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            OverLimit {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             }
+        })
+    }
+
+    /// Forgets keys whose buckets are full again, so a stream of one-off addresses or
+    /// subjects cannot grow the map for ever.
+    pub fn shrink(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_with_a_wait() {
+        let limiter = Limiter::new(Config::new(1, 3).expect("limit"));
+        for _ in 0..3 {
+            assert!(limiter.check(&"a").is_ok());
         }
-        futures_util::future::Either::Left(self.inner.call(request))
+        assert_eq!(
+            limiter.check(&"a"),
+            Err(OverLimit {
+                retry_after_secs: 1
+            })
+        );
+        // Keys do not share buckets.
+        assert!(limiter.check(&"b").is_ok());
+        assert!(Config::new(0, 10).is_none());
     }
 }

@@ -3,8 +3,8 @@
 use crate::domain::{check_capacity, remaining};
 use crate::store::{CapacitySet, Day, Store};
 use parking_common::calendar::{format_day, parse_day, Calendar};
-use parking_common::identity::{Caller, Role};
 use parking_common::grpc::db_status;
+use parking_common::identity::{Caller, Role};
 use parking_common::pb;
 use tonic::{Request, Response, Status};
 

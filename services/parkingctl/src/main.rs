@@ -2,12 +2,20 @@
 //! scripts (one JSON document per answer, one per line while watching). Talks to the
 //! gateway (or any service) at `--server` / `PARKING_SERVER`. Exit codes: 0 done, 1 the
 //! server refused (its gRPC code and message are printed), 2 bad usage.
+//!
+//! `login` gets an access token from the gateway's OAuth2 endpoint and keeps it in a file
+//! only its owner can read; every other call sends it. `users add` writes the gateway's
+//! accounts file (argon2id hashes, never a password).
 
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use gateway::users::Accounts;
+use parking_common::identity::Role;
 use parking_proto::v1 as pb;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
@@ -28,12 +36,32 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Where `login` keeps the access token [default: ~/.config/parkingctl/token].
+    #[arg(long, env = "PARKING_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// An access token to use instead of the saved one.
+    #[arg(long, env = "PARKING_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Get an access token (password from PARKING_PASSWORD, --password-stdin or a prompt).
+    Login {
+        /// Your login: an employee's member id.
+        #[arg(long)]
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Write the gateway's accounts file.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Apply for a ticket for one day.
     Reserve {
         #[arg(long)]
@@ -81,6 +109,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum UsersCommand {
+    /// Add or replace a user (or with --client, a client of the client_credentials grant).
+    Add {
+        /// Login name (an employee's member id) or client id.
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Add a program's client id and secret instead of a person.
+        #[arg(long)]
+        client: bool,
+        /// The accounts file.
+        #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
+        file: PathBuf,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Who is in the accounts file.
+    List {
+        #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
+        file: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum DeliveryState {
     Requested,
@@ -88,15 +145,185 @@ enum DeliveryState {
     Canceled,
 }
 
-/// What the server said no with.
-struct Refused(tonic::Status);
+/// Why a command failed.
+enum Refused {
+    /// The server said no.
+    Server(tonic::Status),
+    /// Something here went wrong (a file, the terminal, a login refused): the message.
+    Local(String),
+    /// The command line makes no sense.
+    Usage(String),
+}
 
 type Outcome = Result<(), Refused>;
 
 impl From<tonic::Status> for Refused {
     fn from(s: tonic::Status) -> Self {
-        Refused(s)
+        Refused::Server(s)
     }
+}
+
+/// Sends the saved access token with every call.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Api = InterceptedService<Channel, Bearer>;
+
+fn default_token_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("parkingctl").join("token")
+}
+
+/// A password from PARKING_PASSWORD, the first line of standard input, or the terminal.
+fn read_password(from_stdin: bool, prompt: &str) -> Result<String, Refused> {
+    if let Ok(password) = std::env::var("PARKING_PASSWORD") {
+        return Ok(password);
+    }
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Refused::Local(format!("reading the password: {e}")))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Refused::Local(format!("reading the password: {e}")))?
+    };
+    Ok(password)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}
+
+/// The password grant against the gateway's `/oauth2/token`, over the same connection
+/// the gRPC calls use.
+async fn login(
+    server: &str,
+    channel: Channel,
+    user: &str,
+    password: &str,
+) -> Result<(String, u64), Refused> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "password"),
+        ("username", user),
+        ("password", password),
+    ])
+    .map_err(|e| Refused::Local(e.to_string()))?;
+    let request = http::Request::post(format!("{}/oauth2/token", server.trim_end_matches('/')))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(form),
+        )))
+        .map_err(|e| Refused::Local(e.to_string()))?;
+    let response = channel
+        .oneshot(request)
+        .await
+        .map_err(|e| Refused::Local(format!("cannot reach {server}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Refused::Local(format!("reading the answer: {e}")))?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let why = answer["error_description"]
+            .as_str()
+            .or(answer["error"]["message"].as_str())
+            .unwrap_or("no reason given");
+        return Err(Refused::Local(format!("login refused ({status}): {why}")));
+    }
+    match (
+        answer["access_token"].as_str(),
+        answer["expires_in"].as_u64(),
+    ) {
+        (Some(token), Some(expires)) => Ok((token.to_owned(), expires)),
+        _ => Err(Refused::Local("the token endpoint sent no token".into())),
+    }
+}
+
+fn users(command: UsersCommand, json: bool) -> Outcome {
+    let local = |e: gateway::users::Error| Refused::Local(e.to_string());
+    match command {
+        UsersCommand::Add {
+            name,
+            role,
+            client,
+            file,
+            password_stdin,
+        } => {
+            let mut accounts = Accounts::load_or_default(&file).map_err(local)?;
+            let what = if client { "secret" } else { "password" };
+            let password = read_password(password_stdin, &format!("{what} for {name}: "))?;
+            accounts
+                .set(client, &name, role, &password)
+                .map_err(local)?;
+            accounts.save(&file).map_err(local)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"name": name, "role": role.as_str(), "client": client, "file": file})
+                );
+            } else {
+                let kind = if client { "client" } else { "user" };
+                println!("{kind} {name} ({role}) written to {}", file.display());
+            }
+        }
+        UsersCommand::List { file } => {
+            let accounts = Accounts::load(&file).map_err(local)?;
+            let rows = accounts
+                .users
+                .iter()
+                .map(|(n, a)| (n, a, "user"))
+                .chain(accounts.clients.iter().map(|(n, a)| (n, a, "client")));
+            if json {
+                let all: Vec<Value> = rows
+                    .map(|(n, a, kind)| json!({"name": n, "role": a.role.as_str(), "kind": kind}))
+                    .collect();
+                println!("{}", json!({ "accounts": all }));
+            } else {
+                table(
+                    &["NAME", "ROLE", "KIND"],
+                    rows.map(|(n, a, kind)| vec![n.clone(), a.role.to_string(), kind.to_owned()])
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn reservation_json(r: &pb::TicketReservation) -> Value {
@@ -190,14 +417,53 @@ fn print_status(s: &pb::ReservationStatus, json: bool) {
 
 async fn run(cli: Cli, channel: Channel) -> Outcome {
     let json = cli.json;
+    let token_file = cli.token_file.clone().unwrap_or_else(default_token_file);
+    let token = match &cli.token {
+        Some(token) => Some(token.clone()),
+        None => std::fs::read_to_string(&token_file)
+            .ok()
+            .map(|t| t.trim().to_owned()),
+    };
+    let bearer = Bearer(
+        token
+            .filter(|t| !t.is_empty())
+            .and_then(|t| format!("Bearer {t}").parse().ok()),
+    );
+    let api: Api = InterceptedService::new(channel.clone(), bearer);
     match cli.command {
+        Command::Login {
+            user,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin, &format!("password for {user}: "))?;
+            let (token, expires_in) = login(&cli.server, channel, &user, &password).await?;
+            write_private(&token_file, &token).map_err(|e| {
+                Refused::Local(format!("saving the token to {}: {e}", token_file.display()))
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"user": user, "expiresIn": expires_in, "tokenFile": token_file})
+                );
+            } else {
+                println!(
+                    "logged in as {user} for {} min; token saved in {}",
+                    expires_in / 60,
+                    token_file.display()
+                );
+            }
+        }
+        // Handled in main: it needs no server.
+        Command::Users { .. } => {}
         Command::Reserve {
             member,
             date,
             request_id,
         } => {
             let mut client =
-                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(channel);
+                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+                    api.clone(),
+                );
             let r = client
                 .reserve_ticket(pb::ReserveTicketRequest {
                     member_id: member,
@@ -220,7 +486,9 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
         }
         Command::Cancel { id } => {
             let mut client =
-                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(channel);
+                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+                    api.clone(),
+                );
             let r = client
                 .cancel_reservation(pb::CancelReservationRequest { id })
                 .await?
@@ -236,7 +504,9 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
         }
         Command::Status { id, watch } => {
             let mut client =
-                pb::reservation_status_service_client::ReservationStatusServiceClient::new(channel);
+                pb::reservation_status_service_client::ReservationStatusServiceClient::new(
+                    api.clone(),
+                );
             if watch {
                 let mut stream = client
                     .watch_reservation_status(pb::WatchReservationStatusRequest {
@@ -249,7 +519,10 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
                 }
             } else {
                 let s = client
-                    .get_reservation_status(pb::GetReservationStatusRequest { reservation_id: id, ..Default::default() })
+                    .get_reservation_status(pb::GetReservationStatusRequest {
+                        reservation_id: id,
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 print_status(&s, json);
@@ -257,7 +530,9 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
         }
         Command::List { member, page_size } => {
             let mut client =
-                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(channel);
+                pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+                    api.clone(),
+                );
             let page = client
                 .list_reservations(pb::ListReservationsRequest {
                     member_id: member,
@@ -295,7 +570,7 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
             page_size,
         } => {
             let mut client =
-                pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(channel);
+                pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(api.clone());
             let state = match state {
                 None => pb::DeliveryState::Unspecified,
                 Some(DeliveryState::Requested) => pb::DeliveryState::DeliveryRequested,
@@ -345,7 +620,7 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
         }
         Command::Ship { delivery_id } => {
             let mut client =
-                pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(channel);
+                pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(api.clone());
             let d = client
                 .ship_ticket(pb::ShipTicketRequest { delivery_id })
                 .await?
@@ -362,7 +637,8 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
             }
         }
         Command::Capacity { date, set } => {
-            let mut client = pb::parking_lot_service_client::ParkingLotServiceClient::new(channel);
+            let mut client =
+                pb::parking_lot_service_client::ParkingLotServiceClient::new(api.clone());
             let a = match set {
                 Some(capacity) => {
                     client
@@ -397,26 +673,34 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let channel = match Channel::from_shared(cli.server.clone()) {
-        Ok(endpoint) => endpoint.connect_lazy(),
-        Err(e) => {
-            eprintln!("error: --server {:?} is not a URL: {e}", cli.server);
-            return ExitCode::from(2);
-        }
-    };
     let json = cli.json;
-    match run(cli, channel).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Refused(status)) => {
-            if json {
-                eprintln!(
-                    "{}",
-                    json!({"code": format!("{:?}", status.code()), "message": status.message()})
-                );
-            } else {
-                eprintln!("error: {:?}: {}", status.code(), status.message());
-            }
-            ExitCode::from(1)
+    let outcome = match cli.command {
+        // The accounts file is local: no server involved.
+        Command::Users { command } => users(command, json),
+        _ => match Channel::from_shared(cli.server.clone()) {
+            Ok(endpoint) => run(cli, endpoint.connect_lazy()).await,
+            Err(e) => Err(Refused::Usage(format!(
+                "--server {:?} is not a URL: {e}",
+                cli.server
+            ))),
+        },
+    };
+    let (code, message) = match outcome {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Refused::Usage(message)) => (2, json!({ "message": message })),
+        Err(Refused::Local(message)) => (1, json!({ "message": message })),
+        Err(Refused::Server(status)) => (
+            1,
+            json!({"code": format!("{:?}", status.code()), "message": status.message()}),
+        ),
+    };
+    if json {
+        eprintln!("{message}");
+    } else {
+        match (message["code"].as_str(), message["message"].as_str()) {
+            (Some(code), Some(text)) => eprintln!("error: {code}: {text}"),
+            (_, text) => eprintln!("error: {}", text.unwrap_or_default()),
         }
     }
+    ExitCode::from(code)
 }

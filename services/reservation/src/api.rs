@@ -73,7 +73,12 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         let id = positive_id("id", request.into_inner().id)?;
         if caller != Caller::Internal {
             // A reservation's member never changes, so checking before the cancel is safe.
-            match self.store.get(id).await.map_err(|e| db_status("CancelReservation", e))? {
+            match self
+                .store
+                .get(id)
+                .await
+                .map_err(|e| db_status("CancelReservation", e))?
+            {
                 Some(r) => caller.may_act_for(r.member_id)?,
                 None => return Err(Status::not_found(format!("no reservation with id {id}"))),
             }
