@@ -162,12 +162,20 @@ async fn forged_expired_and_misaddressed_tokens_are_refused_without_effect() {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{attack}: {err:?}");
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "{attack}: {err:?}"
+        );
         let err = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(gw)
             .reserve_ticket(reserve(3117, &date))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{attack}: {err:?}");
+        assert_eq!(
+            err.code(),
+            tonic::Code::Unauthenticated,
+            "{attack}: {err:?}"
+        );
     }
     // The genuine token still works, the key's own token with a future expiry too.
     pb::parking_lot_service_client::ParkingLotServiceClient::new(
@@ -220,7 +228,9 @@ async fn roles_and_ownership_are_enforced_and_forged_identity_headers_do_nothing
     };
     let mut r = reservations.clone();
     denied(
-        r.reserve_ticket(reserve(6, &date)).await.map(|_| tonic::Response::new(())),
+        r.reserve_ticket(reserve(6, &date))
+            .await
+            .map(|_| tonic::Response::new(())),
         "reserve for another member",
     );
     denied(
@@ -244,9 +254,8 @@ async fn roles_and_ownership_are_enforced_and_forged_identity_headers_do_nothing
         .map(|_| tonic::Response::new(())),
         "list another member's reservations",
     );
-    let mut status = pb::reservation_status_service_client::ReservationStatusServiceClient::new(
-        me.clone(),
-    );
+    let mut status =
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(me.clone());
     denied(
         status
             .get_reservation_status(pb::GetReservationStatusRequest {
@@ -264,10 +273,13 @@ async fn roles_and_ownership_are_enforced_and_forged_identity_headers_do_nothing
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut watch))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut watch),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(
         first.unwrap_err().code(),
         tonic::Code::PermissionDenied,
@@ -332,15 +344,14 @@ async fn roles_and_ownership_are_enforced_and_forged_identity_headers_do_nothing
         .map(|_| tonic::Response::new(())),
         "employee with forged admin headers",
     );
-    let err = pb::parking_lot_service_client::ParkingLotServiceClient::new(
-        with_token(port, None).await,
-    )
-    .set_daily_capacity(forged(pb::SetDailyCapacityRequest {
-        date: date.clone(),
-        capacity: 99,
-    }))
-    .await
-    .unwrap_err();
+    let err =
+        pb::parking_lot_service_client::ParkingLotServiceClient::new(with_token(port, None).await)
+            .set_daily_capacity(forged(pb::SetDailyCapacityRequest {
+                date: date.clone(),
+                capacity: 99,
+            }))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
 
     assert_eq!(snapshot(&c, &date).await, before);
@@ -355,14 +366,13 @@ async fn roles_and_ownership_are_enforced_and_forged_identity_headers_do_nothing
         .into_inner()
         .reservations;
     assert!(mine.iter().all(|r| r.member_id == 3117), "{mine:?}");
-    let all = pb::reservation_status_service_client::ReservationStatusServiceClient::new(
-        manager.clone(),
-    )
-    .list_reservation_statuses(pb::ListReservationStatusesRequest::default())
-    .await
-    .unwrap()
-    .into_inner()
-    .statuses;
+    let all =
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(manager.clone())
+            .list_reservation_statuses(pb::ListReservationStatusesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .statuses;
     assert!(all.iter().any(|s| s.member_id == 6), "{all:?}");
     pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(manager)
         .ship_ticket(pb::ShipTicketRequest {
@@ -390,15 +400,26 @@ async fn the_token_endpoint_refuses_wrong_passwords_and_bad_requests() {
     };
     const FORM: &str = "application/x-www-form-urlencoded";
     let (status, headers, answer) = post(
-        form(&[("grant_type", "password"), ("username", "3117"), ("password", "wrong")]),
+        form(&[
+            ("grant_type", "password"),
+            ("username", "3117"),
+            ("password", "wrong"),
+        ]),
         FORM,
     )
     .await;
-    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     assert_eq!(headers["cache-control"], "no-store");
     // An unknown user gets the very same answer (and takes the same argon2 time).
     let (status, _, unknown) = post(
-        form(&[("grant_type", "password"), ("username", "nobody"), ("password", "wrong")]),
+        form(&[
+            ("grant_type", "password"),
+            ("username", "nobody"),
+            ("password", "wrong"),
+        ]),
         FORM,
     )
     .await;
@@ -409,7 +430,10 @@ async fn the_token_endpoint_refuses_wrong_passwords_and_bad_requests() {
         (400, Some("unsupported_grant_type"))
     );
     let (status, _, answer) = post("{}".into(), "application/json").await;
-    assert_eq!((status, answer["error"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let (status, headers, answer) = post(
         form(&[
             ("grant_type", "client_credentials"),
@@ -419,7 +443,10 @@ async fn the_token_endpoint_refuses_wrong_passwords_and_bad_requests() {
         FORM,
     )
     .await;
-    assert_eq!((status, answer["error"].as_str()), (401, Some("invalid_client")));
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
     assert!(headers.contains_key("www-authenticate"));
     let (status, _, answer) = post("x".repeat(64 * 1024), FORM).await;
     assert_eq!(status, 413, "{answer}");

@@ -98,6 +98,9 @@ pub struct Config {
     /// How long a token lives, in seconds.
     #[arg(long, env = "TOKEN_LIFETIME_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_lifetime_secs: u64,
+    /// Largest REST/JSON request body, in bytes (larger: 413).
+    #[arg(long, env = "REST_MAX_BODY", default_value_t = 64 * 1024)]
+    pub rest_max_body: usize,
     /// Browser origins allowed to call (gRPC-Web, REST): a comma list, "*" for any, or
     /// empty for none. Tokens travel in headers, never cookies, so "*" is no CSRF risk.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
@@ -118,6 +121,8 @@ pub enum Error {
     Accounts(#[from] users::Error),
     #[error(transparent)]
     Tokens(#[from] tokens::Error),
+    #[error("REST routes: {0}")]
+    Rest(#[from] rest::Error),
     #[error("CORS_ALLOWED_ORIGINS: {0:?} is not an origin")]
     Origin(String),
 }
@@ -237,12 +242,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let (health, routes) = parking_common::grpc::base_routes().await?;
     let mut router = routes.into_axum_router();
     let mut checked = Vec::new();
+    let mut by_service = std::collections::HashMap::new();
     for (path, backend, url) in backends {
         let forward = proxy::Forward {
             backend,
             channel: channel(url)?,
         };
         checked.push((backend, forward.channel.clone()));
+        let service = path
+            .trim_start_matches('/')
+            .trim_end_matches("/{*method}")
+            .to_owned();
+        by_service.insert(service, forward.channel.clone());
         // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such
         // as /status stay plain.
         let web = tonic_web::GrpcWebLayer::new();
@@ -252,6 +263,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         );
     }
     let backends = status::Backends(checked);
+    let rest = Arc::new(rest::Rest::new(
+        parking_proto::FILE_DESCRIPTOR_SET,
+        &by_service,
+        guard.clone(),
+        config.rest_max_body,
+    )?);
+    tracing::info!(routes = ?rest.describe(), "REST/JSON routes");
     let endpoint = Arc::new(oauth::TokenEndpoint {
         tokens: tokens.clone(),
         accounts: Arc::new(accounts),
@@ -270,6 +288,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             "/.well-known/jwks.json",
             axum::routing::get(move || std::future::ready(oauth::jwks(&tokens))),
         )
+        // Everything else: a REST route, or a JSON 404 (gRPC callers get UNIMPLEMENTED).
+        .fallback(move |request| rest.clone().handle(request))
         .layer(cors(&config.cors_allowed_origins)?);
     let listener = parking_common::grpc::bind(config.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
