@@ -32,6 +32,27 @@ start() {
   pids+=($!)
 }
 
+# Demo accounts on first run: random passwords, kept in var/demo-passwords (owner-only);
+# the gateway reads only their argon2id hashes from var/accounts.yaml.
+if [ ! -f var/accounts.yaml ]; then
+  umask 077
+  : >var/demo-passwords
+  for account in 3117:employee 6:employee manager:manager admin:admin; do
+    name=${account%%:*} role=${account#*:}
+    password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
+    PARKING_PASSWORD=$password ./target/debug/parkingctl users add "$name" --role "$role" --file var/accounts.yaml >/dev/null
+    echo "$name $password" >>var/demo-passwords
+  done
+  umask 022
+fi
+# A signing key that survives restarts (tokens stay valid); without openssl the gateway
+# makes one per start.
+if [ ! -f var/token-key.pem ] && command -v openssl >/dev/null; then
+  (umask 077; openssl genpkey -algorithm ed25519 -out var/token-key.pem 2>/dev/null) || rm -f var/token-key.pem
+fi
+gateway_key=()
+[ -f var/token-key.pem ] && gateway_key=(TOKEN_KEY_FILE=var/token-key.pem)
+
 # Each service's own DATABASE_URL default is a SQLite file under ./var.
 unset DATABASE_URL LISTEN_ADDR
 start delivery 50053
@@ -40,16 +61,17 @@ start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/
 start reservation 50051
 start status 50054
 # The single entry point; it reaches the services at their default addresses.
-start gateway 8080 METRICS_LISTEN=127.0.0.1:9450
+start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml "${gateway_key[@]}"
 for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done
 
 tomorrow=$(TZ=Asia/Seoul date -d tomorrow +%F)
+password=$(awk '$1 == "3117" { print $2 }' var/demo-passwords 2>/dev/null || true)
 cat <<MSG
 
 parking-mesh is running (logs in var/log/, data in var/):
-  gateway      127.0.0.1:8080   every service below, one entry point (gRPC)
+  gateway      127.0.0.1:8080   one entry point: gRPC, gRPC-Web, REST/JSON, POST /oauth2/token
   parkingctl   target/debug/parkingctl --help
   reservation  127.0.0.1:50051  parking.v1.TicketReservationService
   parking-lot  127.0.0.1:50052  parking.v1.ParkingLotService
@@ -58,9 +80,21 @@ parking-mesh is running (logs in var/log/, data in var/):
   metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
 
-Try it through the gateway (grpcurl reads the API by reflection):
-  grpcurl -plaintext -d '{"member_id":3117,"reservation_date":"$tomorrow"}' 127.0.0.1:8080 parking.v1.TicketReservationService/ReserveTicket
-  grpcurl -plaintext -d '{"reservation_id":1}' 127.0.0.1:8080 parking.v1.ReservationStatusService/GetReservationStatus
+Demo logins (3117 and 6 are employees, then manager and admin): var/demo-passwords
+
+Log in and reserve with parkingctl:
+  PARKING_PASSWORD='$password' target/debug/parkingctl login --user 3117
+  target/debug/parkingctl reserve --member 3117 --date $tomorrow
+
+With curl (REST/JSON, the seed's routes):
+  TOKEN=\$(curl -s -d grant_type=password -d username=3117 -d password='$password' http://127.0.0.1:8080/oauth2/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"memberId":3117,"reservationDate":"$tomorrow"}' http://127.0.0.1:8080/ticketReservations
+  curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:8080/reservationStatuses
+  (httpie: http POST :8080/ticketReservations "Authorization: Bearer \$TOKEN" memberId=3117 reservationDate=$tomorrow)
+
+With grpcurl (gRPC; it reads the API by reflection):
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"member_id":3117,"reservation_date":"$tomorrow"}' 127.0.0.1:8080 parking.v1.TicketReservationService/ReserveTicket
+  grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"reservation_id":1}' 127.0.0.1:8080 parking.v1.ReservationStatusService/GetReservationStatus
 
 Ctrl-C stops everything.
 MSG

@@ -227,7 +227,9 @@ async fn bad_rest_requests_get_json_errors_and_change_nothing() {
     let reserve = json!({"memberId": 3117, "reservationDate": date}).to_string();
 
     let lot = format!("/parkingLots/{date}");
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, token, body, HTTP status, gRPC status name)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/ticketReservations",

@@ -13,7 +13,7 @@
 //! - [`tokens`]: signing and checking JWTs; the JWK set.
 //! - [`users`]: the accounts file (argon2id hashes).
 //! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
-//! - [`rest`]: REST/JSON.
+//! - [`rest`]: REST/JSON from the protos' google.api.http annotations.
 //! - [`status`]: `GET /status`, the health of every backend.
 #![forbid(unsafe_code)]
 
