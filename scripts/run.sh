@@ -61,7 +61,7 @@ start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/
 start reservation 50051
 start status 50054
 # The single entry point; it reaches the services at their default addresses.
-start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml "${gateway_key[@]}"
+start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml "${gateway_key[@]}"
 for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done

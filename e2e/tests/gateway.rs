@@ -415,3 +415,51 @@ async fn a_users_burst_is_limited_per_token_subject_and_others_are_not() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_go_through_the_mesh_policy_and_streams_straight_through() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    // An Istio fault on the status host: every unary call aborted with UNAVAILABLE.
+    let policy = c.folder().join("status-fault.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: status}\n\
+         spec:\n  hosts: [status]\n  http:\n  - fault:\n      abort:\n        percentage: {value: 100}\n\
+         \x20       grpcStatus: UNAVAILABLE\n    route:\n    - destination: {host: status}\n",
+    )
+    .unwrap();
+    let port = c
+        .start_gateway_with(&[("MESH_CONFIG", policy.to_str().unwrap())])
+        .await;
+    let employee = gateway_as(port, "3117").await;
+    let r = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+        employee.clone(),
+    )
+    .reserve_ticket(reserve(3117, &day(2)))
+    .await
+    .unwrap()
+    .into_inner();
+    let mut status =
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(employee);
+    let err = status
+        .get_reservation_status(pb::GetReservationStatusRequest {
+            reservation_id: r.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let mut watch = status
+        .watch_reservation_status(pb::WatchReservationStatusRequest {
+            reservation_id: r.id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.reservation_id, r.id);
+}

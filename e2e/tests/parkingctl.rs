@@ -176,7 +176,9 @@ async fn every_command_through_the_gateway() {
         async move {
             let (code, out, _) = ctl.run(&["--json", "status", &id]).await;
             let v: Value = serde_json::from_str(out.trim()).ok()?;
-            (code == 0 && v["stage"] == "STAGE_DELIVERY_REQUESTED").then_some(v)
+            // Events of different streams arrive in any order: wait for all three.
+            let seen = v["history"].as_array().map_or(0, Vec::len);
+            (code == 0 && v["stage"] == "STAGE_DELIVERY_REQUESTED" && seen >= 3).then_some(v)
         }
     })
     .await;

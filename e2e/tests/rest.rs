@@ -80,7 +80,9 @@ async fn the_seed_scenario_over_rest() {
         || async move {
             let (code, _, s) =
                 rest(port, "GET", &format!("/reservationStatuses/{id}"), e, "").await;
-            (code == 200 && s["stage"] == "STAGE_DELIVERY_REQUESTED").then_some(s)
+            // Events of different streams arrive in any order: wait for all three.
+            let seen = s["history"].as_array().map_or(0, Vec::len);
+            (code == 200 && s["stage"] == "STAGE_DELIVERY_REQUESTED" && seen >= 3).then_some(s)
         },
     )
     .await;

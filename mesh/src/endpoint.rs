@@ -37,6 +37,28 @@ impl EndpointAddr {
             labels: map,
         })
     }
+
+    /// Parses a comma-separated list of endpoints. Labels are comma-separated too, so a
+    /// piece belongs to the next endpoint until that one's `://` shows up:
+    /// `version=v2,zone=a@http://a:1,http://b:1` is two endpoints.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        let mut endpoints = Vec::new();
+        let mut pending = String::new();
+        for piece in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if !pending.is_empty() {
+                pending.push(',');
+            }
+            pending.push_str(piece);
+            if piece.contains("://") {
+                endpoints.push(Self::parse(&pending)?);
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            return Err(format!("{pending:?} names no endpoint (http://host:port)"));
+        }
+        Ok(endpoints)
+    }
 }
 
 /// A classified endpoint.
@@ -85,6 +107,17 @@ impl Service<Request> for Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_keep_labels_with_their_endpoint() {
+        let list =
+            EndpointAddr::parse_list("version=v2,zone=a@http://a:1, http://b:2").expect("valid");
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].uri, "http://a:1");
+        assert_eq!(list[0].labels.len(), 2);
+        assert_eq!(list[1].uri, "http://b:2");
+        assert!(EndpointAddr::parse_list("http://a:1,version=v2").is_err());
+    }
 
     #[test]
     fn parses_addresses_with_labels() {

@@ -147,6 +147,21 @@ pub struct MeshConfig {
 }
 
 impl MeshConfig {
+    /// From settings as services take them: comma-separated YAML files (empty: Istio's
+    /// defaults) and comma-separated endpoints (see [`EndpointAddr::parse_list`]).
+    pub fn from_lists(host: &str, files: &str, endpoints: &str) -> Result<Self, String> {
+        Ok(Self {
+            host: host.to_owned(),
+            files: files
+                .split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .map(Into::into)
+                .collect(),
+            endpoints: EndpointAddr::parse_list(endpoints)?,
+        })
+    }
+
     /// Reads the files and compiles the policy.
     pub fn policy(&self) -> Result<HostPolicy, ConfigError> {
         policy::compile(&Resources::load(&self.files)?, &self.host)

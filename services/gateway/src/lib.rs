@@ -49,7 +49,13 @@ pub struct Config {
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
     #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9450")]
     pub metrics_listen: OptionalAddr,
-    /// TicketReservationService backend.
+    /// Istio DestinationRule / VirtualService YAML files for the backends' hosts
+    /// (`reservation`, `parking-lot`, `delivery`, `status`), comma-separated; empty:
+    /// Istio's defaults. Unary calls go through these policies; re-read on change.
+    #[arg(long, env = "MESH_CONFIG", default_value = "")]
+    pub mesh_config: String,
+    /// TicketReservationService backend (a comma list of endpoints may carry subset
+    /// labels, as parking-lot's DELIVERY_URL).
     #[arg(
         long,
         env = "RESERVATION_URL",
@@ -110,11 +116,10 @@ pub struct Config {
 /// The gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("backend URL {url:?}: {source}")]
-    Backend {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    #[error("backend URL {url:?}: {message}")]
+    Backend { url: String, message: String },
+    #[error(transparent)]
+    Mesh(#[from] mesh::istio::ConfigError),
     #[error(transparent)]
     Serve(#[from] parking_common::grpc::ServeError),
     #[error(transparent)]
@@ -127,11 +132,17 @@ pub enum Error {
     Origin(String),
 }
 
-fn channel(url: &str) -> Result<tonic::transport::Channel, Error> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|source| Error::Backend {
+/// A plain channel to a backend's first endpoint (streams and health checks).
+fn channel(config: &mesh::MeshConfig, url: &str) -> Result<tonic::transport::Channel, Error> {
+    let first = config
+        .endpoints
+        .first()
+        .map(|e| e.uri.clone())
+        .unwrap_or_default();
+    Ok(Endpoint::from_shared(first)
+        .map_err(|e| Error::Backend {
             url: url.to_owned(),
-            source,
+            message: e.to_string(),
         })?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())
@@ -243,24 +254,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut router = routes.into_axum_router();
     let mut checked = Vec::new();
     let mut by_service = std::collections::HashMap::new();
+    let streams = rest::streaming_paths(parking_proto::FILE_DESCRIPTOR_SET)?;
+    let mesh_metrics = mesh::metrics::MeshMetrics::default();
+    // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such as
+    // /status stay plain.
+    let guarded = |forward: proxy::Forward| {
+        tonic_web::GrpcWebLayer::new().layer(guard::GuardLayer(guard.clone()).layer(forward))
+    };
     for (path, backend, url) in backends {
-        let forward = proxy::Forward {
-            backend,
-            channel: channel(url)?,
-        };
-        checked.push((backend, forward.channel.clone()));
+        let mesh_config =
+            mesh::MeshConfig::from_lists(backend, &config.mesh_config, url).map_err(|message| {
+                Error::Backend {
+                    url: url.clone(),
+                    message,
+                }
+            })?;
+        let direct = channel(&mesh_config, url)?;
+        let client = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
+        client.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
+        checked.push((backend, direct.clone()));
         let service = path
             .trim_start_matches('/')
             .trim_end_matches("/{*method}")
             .to_owned();
-        by_service.insert(service, forward.channel.clone());
-        // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such
-        // as /status stay plain.
-        let web = tonic_web::GrpcWebLayer::new();
-        router = router.route_service(
-            path,
-            web.layer(guard::GuardLayer(guard.clone()).layer(forward)),
-        );
+        for stream in streams
+            .iter()
+            .filter(|s| s.starts_with(&format!("/{service}/")))
+        {
+            let forward = proxy::Forward {
+                backend,
+                transport: proxy::Transport::Direct(direct.clone()),
+            };
+            router = router.route_service(stream, guarded(forward));
+        }
+        by_service.insert(service, client.clone());
+        let forward = proxy::Forward {
+            backend,
+            transport: proxy::Transport::Mesh(client),
+        };
+        router = router.route_service(path, guarded(forward));
     }
     let backends = status::Backends(checked);
     let rest = Arc::new(rest::Rest::new(
@@ -296,8 +328,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     tasks.spawn(guard.shrink_limiters(shutdown.clone()));
     if let Some(addr) = config.metrics_listen.0 {
         let metrics = parking_common::grpc::bind(addr).await?;
-        // The gateway's own series come with the observability issue.
-        let registry = std::sync::Arc::new(prometheus_client::registry::Registry::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        mesh_metrics.register(&mut registry);
+        let registry = Arc::new(registry);
         tasks.spawn(parking_common::metrics::serve(
             metrics,
             registry,

@@ -1,7 +1,9 @@
 //! Forwarding one gRPC service's calls to its backend: the HTTP/2 request as it came
-//! (headers, grpc-timeout, body streaming in either direction) over a tonic channel to the
-//! backend, the answer back as it comes. A backend that cannot be reached is answered with
-//! UNAVAILABLE, never a bare HTTP error a gRPC client cannot read.
+//! (headers, grpc-timeout, body streaming in either direction) to the backend, through the
+//! mesh library's policies (Istio's retries, timeouts, pool limits, outlier detection) for
+//! unary calls, over a plain channel for streams (the mesh buffers unary answers only). A
+//! backend that cannot be reached is answered with a gRPC status, never a bare HTTP error
+//! a gRPC client cannot read.
 
 use axum::body::Body as AxumBody;
 use std::convert::Infallible;
@@ -9,17 +11,58 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tonic::transport::Channel;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
+
+/// How calls reach a backend.
+#[derive(Clone)]
+pub enum Transport {
+    /// Through the in-process mesh (unary calls).
+    Mesh(mesh::MeshClient),
+    /// Straight over HTTP/2 (streams).
+    Direct(Channel),
+}
+
+impl Transport {
+    /// Sends one request; a failure arrives as the status a gRPC caller should get.
+    pub async fn send(
+        self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, mesh::error::BoxError> {
+        match self {
+            Transport::Mesh(client) => client.oneshot(request).await,
+            Transport::Direct(channel) => channel.oneshot(request).await.map_err(Into::into),
+        }
+    }
+}
 
 /// One backend service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Forward {
     /// The backend's name, for messages.
     pub backend: &'static str,
-    pub channel: Channel,
+    pub transport: Transport,
 }
 
-impl<B> Service<http::Request<B>> for Forward
+/// The gRPC answer for a failed forward: the mesh's own status (UNAVAILABLE with a
+/// `retry-after` when the circuit is open, DEADLINE_EXCEEDED on its timeout), or
+/// UNAVAILABLE naming the backend.
+pub fn failure(backend: &str, error: &mesh::error::BoxError) -> http::Response<AxumBody> {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        let mut response: http::Response<AxumBody> = status.clone().into_http();
+        if let Some(open) = mesh::error::find::<mesh::error::CircuitOpen>(status) {
+            let secs = open.retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        return response;
+    }
+    tracing::warn!(backend, %error, "backend unreachable");
+    tonic::Status::unavailable(format!("{backend} is unavailable right now; retry shortly"))
+        .into_http()
+}
+
+impl<B> tower::Service<http::Request<B>> for Forward
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -33,19 +76,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let channel = self.channel.clone();
+        let transport = self.transport.clone();
         let backend = self.backend;
         Box::pin(async move {
             let request = request.map(tonic::body::Body::new);
-            match channel.oneshot(request).await {
+            match transport.send(request).await {
                 Ok(response) => Ok(response.map(AxumBody::new)),
-                Err(error) => {
-                    tracing::warn!(backend, %error, "backend unreachable");
-                    let status = tonic::Status::unavailable(format!(
-                        "{backend} is unavailable right now; retry shortly"
-                    ));
-                    Ok(status.into_http())
-                }
+                Err(error) => Ok(failure(backend, &error)),
             }
         })
     }

@@ -19,7 +19,6 @@ use prost_reflect::{
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// Backend deadline for a REST call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,7 +52,8 @@ struct Route {
     method: MethodDescriptor,
     /// `/package.Service/Method`.
     grpc_path: http::uri::PathAndQuery,
-    channel: Channel,
+    /// The backend, through the mesh.
+    backend: mesh::MeshClient,
 }
 
 impl Route {
@@ -121,11 +121,11 @@ fn template(method: &MethodDescriptor, path: &str) -> Result<Vec<Segment>, Error
 }
 
 impl Rest {
-    /// Routes from the `google.api.http` options in `descriptors`, each to the channel of
-    /// its service (`services`: full service name to channel).
+    /// Routes from the `google.api.http` options in `descriptors`, each to the backend of
+    /// its service (`services`: full service name to its mesh client).
     pub fn new(
         descriptors: &[u8],
-        services: &HashMap<String, Channel>,
+        services: &HashMap<String, mesh::MeshClient>,
         guard: Arc<Guard>,
         max_body: usize,
     ) -> Result<Rest, Error> {
@@ -139,7 +139,7 @@ impl Rest {
         };
         let mut routes = Vec::new();
         for service in pool.services() {
-            let Some(channel) = services.get(service.full_name()) else {
+            let Some(backend) = services.get(service.full_name()) else {
                 continue;
             };
             for method in service.methods() {
@@ -201,7 +201,7 @@ impl Rest {
                             body: body == "*",
                             method: method.clone(),
                             grpc_path,
-                            channel: channel.clone(),
+                            backend: backend.clone(),
                         });
                     }
                 }
@@ -305,7 +305,7 @@ impl Rest {
             message,
         );
         call.set_timeout(CALL_TIMEOUT);
-        let mut grpc = tonic::client::Grpc::new(route.channel.clone());
+        let mut grpc = tonic::client::Grpc::new(route.backend.clone());
         if let Err(e) = grpc.ready().await {
             tracing::warn!(error = %e, "backend unreachable");
             return error_response(&tonic::Status::unavailable(format!(
@@ -319,6 +319,21 @@ impl Rest {
             Err(status) => error_response(&status),
         }
     }
+}
+
+/// `/package.Service/Method` of every streaming method (they bypass the mesh).
+pub fn streaming_paths(descriptors: &[u8]) -> Result<Vec<String>, Error> {
+    let pool = DescriptorPool::decode(descriptors)?;
+    Ok(pool
+        .services()
+        .flat_map(|service| {
+            service
+                .methods()
+                .filter(|m| m.is_server_streaming() || m.is_client_streaming())
+                .map(|m| format!("/{}/{}", service.full_name(), m.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect())
 }
 
 /// The request message from path variables, query parameters and the JSON body.
@@ -524,7 +539,9 @@ mod route_tests {
 
     #[tokio::test]
     async fn every_annotated_method_becomes_a_route_literals_first() {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let config = mesh::MeshConfig::from_lists("any", "", "http://127.0.0.1:1").expect("config");
+        let channel =
+            mesh::MeshClient::load(&config, &mesh::metrics::MeshMetrics::default()).expect("mesh");
         let services = [
             "parking.v1.TicketReservationService",
             "parking.v1.ParkingLotService",

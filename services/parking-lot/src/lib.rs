@@ -90,25 +90,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         mesh_config = %config.mesh_config,
         "parking-lot settings"
     );
-    let mesh_config = mesh::MeshConfig {
-        host: config.mesh_host.clone(),
-        files: config
-            .mesh_config
-            .split(',')
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(Into::into)
-            .collect(),
-        endpoints: config
-            .delivery_url
-            .split(',')
-            .map(|e| mesh::endpoint::EndpointAddr::parse(e.trim()))
-            .collect::<Result<_, _>>()
+    let mesh_config =
+        mesh::MeshConfig::from_lists(&config.mesh_host, &config.mesh_config, &config.delivery_url)
             .map_err(|message| Error::DeliveryUrl {
                 url: config.delivery_url.clone(),
                 message,
-            })?,
-    };
+            })?;
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
     let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
     mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
