@@ -197,11 +197,35 @@ async fn handle_one<H: EventHandler + ?Sized>(
     };
     let span = tracing::info_span!(
         "consume",
-        durable,
+        otel.name = %format!("{} process", message.subject),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.consumer.group.name = durable,
         event = event.name(),
         event_id = %event.envelope.event_id,
         correlation_id = %event.envelope.correlation_id,
         delivered
+    );
+    // Child of (and linked to) the publish span whose context came in the headers; the
+    // envelope's own context when a message has none (published before tracing existed).
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let (traceparent, tracestate) = match header("traceparent") {
+        tp if tp.is_empty() => (
+            event.envelope.traceparent.clone(),
+            event.envelope.tracestate.clone(),
+        ),
+        tp => (tp, header("tracestate")),
+    };
+    crate::propagation::adopt(
+        &span,
+        crate::propagation::from_pair(&traceparent, &tracestate),
     );
     async {
         match handler.handle(&event).await {

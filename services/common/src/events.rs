@@ -63,14 +63,16 @@ pub fn describe(payload: &Payload) -> (&'static str, EventContext) {
     }
 }
 
-/// A new envelope for `payload`, correlated by reservation id, stamped now.
+/// A new envelope for `payload`, correlated by reservation id, stamped now, carrying the
+/// current trace context (so the outbox row keeps it).
 pub fn envelope(reservation_id: i64, payload: Payload) -> EventEnvelope {
+    let (traceparent, tracestate) = crate::propagation::current();
     EventEnvelope {
         event_id: uuid::Uuid::now_v7().to_string(),
         correlation_id: reservation_id.to_string(),
         occurred_at: Some(timestamp(Utc::now())),
-        traceparent: String::new(),
-        tracestate: String::new(),
+        traceparent,
+        tracestate,
         payload: Some(payload),
     }
 }

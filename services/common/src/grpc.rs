@@ -114,6 +114,7 @@ pub async fn serve_routes(
     };
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .layer(crate::propagation::ServerSpanLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drained)
         .await?;

@@ -12,10 +12,11 @@
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
 //! - [`metrics`]: the Prometheus registry served at /metrics.
+//! - [`propagation`]: W3C trace context through gRPC metadata, outbox rows and NATS headers.
 //! - [`paging`]: page sizes and page tokens for list calls.
 //! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logs (JSON with trace ids) and OpenTelemetry traces (OTLP).
 #![forbid(unsafe_code)]
 
 pub mod calendar;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod paging;
+pub mod propagation;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

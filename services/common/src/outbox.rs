@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// One event waiting to be (or already) published.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -210,7 +211,27 @@ impl Relay {
                     .payload(row.payload.clone().into())
                     .message_id(row.event_id.as_str());
                 if let Some(tp) = &row.traceparent {
-                    publish = publish.header("traceparent", tp.as_str());
+                    // A producer span under the context the row was written in; its own
+                    // context travels in the header for the consumers.
+                    let span = tracing::info_span!(
+                        "publish",
+                        otel.name = %format!("{} publish", row.subject),
+                        otel.kind = "producer",
+                        messaging.system = "nats",
+                        messaging.destination.name = %row.subject,
+                        messaging.message.id = %row.event_id,
+                    );
+                    let _ = span.set_parent(crate::propagation::from_pair(tp, ""));
+                    let (traceparent, tracestate) = span.in_scope(crate::propagation::current);
+                    let traceparent = if traceparent.is_empty() {
+                        tp.clone()
+                    } else {
+                        traceparent
+                    };
+                    publish = publish.header("traceparent", traceparent.as_str());
+                    if !tracestate.is_empty() {
+                        publish = publish.header("tracestate", tracestate.as_str());
+                    }
                 }
                 match self.js.send_publish(row.subject.clone(), publish).await {
                     Ok(ack) => acks.push((row.id, ack)),

@@ -2,8 +2,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    parking_common::telemetry::init("gateway");
+    let telemetry = parking_common::telemetry::init("gateway");
     let config = gateway::Config::parse();
-    gateway::run(config, parking_common::shutdown::on_signal()).await?;
+    let result = gateway::run(config, parking_common::shutdown::on_signal()).await;
+    // Flush the last spans whether the service stopped cleanly or not.
+    telemetry.shutdown();
+    result?;
     Ok(())
 }

@@ -79,7 +79,9 @@ where
         let transport = self.transport.clone();
         let backend = self.backend;
         Box::pin(async move {
-            let request = request.map(tonic::body::Body::new);
+            let mut request = request.map(tonic::body::Body::new);
+            // The backend's span becomes a child of this call's gateway span.
+            parking_common::propagation::inject(request.headers_mut());
             match transport.send(request).await {
                 Ok(response) => Ok(response.map(AxumBody::new)),
                 Err(error) => Ok(failure(backend, &error)),

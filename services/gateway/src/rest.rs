@@ -305,7 +305,8 @@ impl Rest {
             message,
         );
         call.set_timeout(CALL_TIMEOUT);
-        let mut grpc = tonic::client::Grpc::new(route.backend.clone());
+        let mut grpc =
+            tonic::client::Grpc::new(parking_common::propagation::Inject(route.backend.clone()));
         if let Err(e) = grpc.ready().await {
             tracing::warn!(error = %e, "backend unreachable");
             return error_response(&tonic::Status::unavailable(format!(

@@ -6,6 +6,7 @@ use mesh::error::{find, is_fail_fast, CircuitOpen};
 use mesh::MeshClient;
 use parking_common::pb::ticket_delivery_service_client::TicketDeliveryServiceClient;
 use parking_common::pb::{CancelDeliveryRequest, DeliveryState};
+use parking_common::propagation::Inject;
 use std::time::Duration;
 
 /// TicketDelivery did not confirm the cancellation.
@@ -40,7 +41,7 @@ pub trait DeliveryCanceller: Send + Sync + 'static {
 /// TicketDelivery over gRPC through the mesh.
 #[derive(Clone)]
 pub struct GrpcDelivery {
-    client: TicketDeliveryServiceClient<MeshClient>,
+    client: TicketDeliveryServiceClient<Inject<MeshClient>>,
     /// Deadline of one call, retries included (sent as grpc-timeout, enforced here too).
     timeout: Duration,
 }
@@ -48,7 +49,7 @@ pub struct GrpcDelivery {
 impl GrpcDelivery {
     pub fn new(mesh: MeshClient, timeout: Duration) -> Self {
         Self {
-            client: TicketDeliveryServiceClient::new(mesh),
+            client: TicketDeliveryServiceClient::new(Inject(mesh)),
             timeout,
         }
     }

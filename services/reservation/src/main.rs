@@ -2,8 +2,11 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    parking_common::telemetry::init("reservation");
+    let telemetry = parking_common::telemetry::init("reservation");
     let config = reservation::Config::parse();
-    reservation::run(config, parking_common::shutdown::on_signal()).await?;
+    let result = reservation::run(config, parking_common::shutdown::on_signal()).await;
+    // Flush the last spans whether the service stopped cleanly or not.
+    telemetry.shutdown();
+    result?;
     Ok(())
 }
