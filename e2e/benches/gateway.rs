@@ -85,7 +85,7 @@ async fn main() {
     // The same client type both ways; straight to the service, no token.
     let direct = Client::new(tonic::service::interceptor::InterceptedService::new(
         channel(c.port(Svc::Reservation)).await,
-        Bearer(None),
+        Bearer::new(None),
     ));
     let gateway = Client::new(gateway_as(port, "admin").await);
     let next_member = Arc::new(AtomicI64::new(1));

@@ -671,30 +671,14 @@ pub fn password_of(name: &str) -> String {
     format!("{name}-secret-pw")
 }
 
-/// Sends a bearer token with every call.
-#[derive(Clone)]
-pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+pub use parking_common::grpc::Bearer;
 
 /// A channel that sends a token.
 pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// A channel to the gateway that sends `token` (or none).
 pub async fn with_token(port: u16, token: Option<&str>) -> AuthChannel {
-    let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+    let bearer = Bearer::new(token);
     tonic::service::interceptor::InterceptedService::new(channel(port).await, bearer)
 }
 

@@ -314,6 +314,30 @@ async fn bad_rest_requests_get_json_errors_and_change_nothing() {
         ),
         ("GET", "/no/such/route", e, String::new(), 404, "NOT_FOUND"),
         (
+            "GET",
+            "/ticketReservations/5?id=6",
+            e,
+            String::new(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "GET",
+            "/ticketReservations?pageSize=1&pageSize=2",
+            e,
+            String::new(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            "POST",
+            "/ticketReservations",
+            e,
+            json!({"memberId": 3117, "member_id": 6, "reservationDate": date}).to_string(),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
             "PATCH",
             "/ticketReservations",
             e,
@@ -344,6 +368,17 @@ async fn bad_rest_requests_get_json_errors_and_change_nothing() {
         .unwrap()
         .into_inner()
         .reservations;
+    let capacity = c
+        .parking_lot()
+        .await
+        .get_daily_availability(parking_proto::v1::GetDailyAvailabilityRequest {
+            date: date.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .capacity;
+    assert_ne!(capacity, 9, "the refused PUT changed nothing");
     assert!(
         reservations.is_empty(),
         "no bad request stored anything: {reservations:?}"

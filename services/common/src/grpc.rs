@@ -168,3 +168,25 @@ pub fn positive_id(field: &str, value: i64) -> Result<i64, Status> {
         )))
     }
 }
+
+/// A client interceptor that sends an access token with every call (`None`: no token).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// `None` also for a token that cannot be a header value.
+    pub fn new(token: Option<&str>) -> Self {
+        Bearer(token.and_then(|t| format!("Bearer {t}").parse().ok()))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

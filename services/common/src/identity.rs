@@ -18,7 +18,9 @@ pub const ROLE: &str = "x-parking-role";
 /// Every identity header starts with this; the gateway drops all of them from callers.
 pub const PREFIX: &str = "x-parking-";
 
-/// What a person may do. Ordered: each role may do what the ones before it may.
+/// What a person may do. Ordered for the rules that need "at least" (ShipTicket: manager
+/// or admin). Acting for a member is the exception: employees for themselves, admins for
+/// anyone, managers look but do not act (see [`Caller::may_act_for`]).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -62,6 +64,15 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Whether `name` may be a login, client id or token subject: 1 to 64 of
+/// `A-Z a-z 0-9 . _ @ : -` (safe in headers, logs and YAML keys).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_@:".contains(&b))
+}
+
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -97,12 +108,19 @@ impl Caller {
         }
     }
 
-    /// The identity as metadata, for the gateway to set.
-    pub fn insert_into(&self, metadata: &mut http::HeaderMap) {
-        if let Caller::User { subject, role } = self {
-            if let Ok(value) = http::HeaderValue::from_str(subject) {
+    /// The identity as metadata, for the gateway to set. Fails closed: a subject that
+    /// cannot travel as a header is refused, never sent as no identity (= internal).
+    pub fn insert_into(&self, metadata: &mut http::HeaderMap) -> Result<(), Status> {
+        match self {
+            Caller::Internal => Err(Status::unauthenticated("no caller identity to pass on")),
+            Caller::User { subject, role } => {
+                let value = http::HeaderValue::from_str(subject)
+                    .ok()
+                    .filter(|_| valid_name(subject))
+                    .ok_or_else(|| Status::unauthenticated("unusable token subject"))?;
                 metadata.insert(SUBJECT, value);
                 metadata.insert(ROLE, http::HeaderValue::from_static(role.as_str()));
+                Ok(())
             }
         }
     }
@@ -114,13 +132,14 @@ impl Caller {
         }
     }
 
-    /// The member an employee is; `None` for everybody else.
+    /// The member an employee is (their login, a member id written plainly: "3117", not
+    /// "+3117" or "03117"); `None` for everybody else.
     fn own_member(&self) -> Result<Option<i64>, Status> {
         match self {
             Caller::User {
                 subject,
                 role: Role::Employee,
-            } => subject.parse::<i64>().map(Some).map_err(|_| {
+            } => canonical_member(subject).map(Some).ok_or_else(|| {
                 Status::permission_denied(format!(
                     "employee {subject:?} has no member id: an employee's login is their member id"
                 ))
@@ -185,6 +204,12 @@ impl Caller {
     }
 }
 
+/// A member id as an employee's login: digits only, no sign, no leading zero.
+fn canonical_member(subject: &str) -> Option<i64> {
+    let id = subject.parse::<i64>().ok()?;
+    (id > 0 && id.to_string() == subject).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +246,12 @@ mod tests {
         );
         let bad = user("alice", Role::Employee);
         assert_eq!(code(bad.may_see(1)), tonic::Code::PermissionDenied);
+        for odd in ["+3117", "03117", "-3117"] {
+            assert_eq!(
+                code(user(odd, Role::Employee).may_see(3117)),
+                tonic::Code::PermissionDenied
+            );
+        }
     }
 
     #[test]
@@ -245,7 +276,16 @@ mod tests {
     #[test]
     fn metadata_round_trip_and_half_identities_are_refused() {
         let mut headers = http::HeaderMap::new();
-        user("3117", Role::Employee).insert_into(&mut headers);
+        user("3117", Role::Employee)
+            .insert_into(&mut headers)
+            .expect("a plain subject");
+        assert!(user("josé", Role::Admin)
+            .insert_into(&mut http::HeaderMap::new())
+            .is_err());
+        assert!(Caller::Internal
+            .insert_into(&mut http::HeaderMap::new())
+            .is_err());
+        assert!(!valid_name("") && !valid_name("a b") && valid_name("client:ops-bot"));
         let md = MetadataMap::from_headers(headers);
         assert_eq!(
             Caller::from_metadata(&md).ok(),

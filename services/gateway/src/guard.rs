@@ -108,7 +108,7 @@ impl Guard {
         if let (Some(limiter), Caller::User { subject, .. }) = (&self.by_subject, &caller) {
             limiter
                 .check(subject)
-                .map_err(|over| Rejection::over_limit(over, "user", limiter.config))?;
+                .map_err(|over| Rejection::over_limit(over, "token subject", limiter.config))?;
         }
         let forged: Vec<http::HeaderName> = headers
             .keys()
@@ -119,7 +119,7 @@ impl Guard {
             headers.remove(name);
         }
         headers.remove(http::header::AUTHORIZATION);
-        caller.insert_into(headers);
+        caller.insert_into(headers)?;
         Ok(caller)
     }
 
@@ -184,5 +184,88 @@ where
                 futures_util::future::Either::Right(std::future::ready(Ok(rejection.grpc())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_common::identity::Role;
+
+    fn guard() -> Guard {
+        let tokens = Tokens::ephemeral("i", "a", std::time::Duration::from_secs(60)).expect("key");
+        Guard {
+            tokens: Arc::new(tokens),
+            by_addr: None,
+            by_subject: None,
+        }
+    }
+
+    fn bearer(guard: &Guard, subject: &str, role: Role) -> http::HeaderValue {
+        let token = guard.tokens.issue(subject, role).expect("sign");
+        http::HeaderValue::from_str(&format!("Bearer {token}")).expect("ascii")
+    }
+
+    #[test]
+    fn callers_identity_headers_are_replaced_by_the_verified_ones() {
+        let guard = guard();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            bearer(&guard, "3117", Role::Employee),
+        );
+        for (name, value) in [
+            ("x-parking-role", "admin"),
+            ("x-parking-role", "manager"),
+            ("x-parking-subject", "admin"),
+            ("x-parking-anything", "x"),
+        ] {
+            headers.append(name, http::HeaderValue::from_static(value));
+        }
+        let caller = guard
+            .admit(&mut headers, &http::Extensions::new())
+            .expect("a good token");
+        assert_eq!(
+            caller,
+            Caller::User {
+                subject: "3117".into(),
+                role: Role::Employee
+            }
+        );
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(all("x-parking-role"), ["employee"]);
+        assert_eq!(all("x-parking-subject"), ["3117"]);
+        assert!(all("x-parking-anything").is_empty());
+        assert!(
+            all("authorization").is_empty(),
+            "the token stays at the gateway"
+        );
+    }
+
+    #[test]
+    fn a_subject_that_cannot_be_passed_on_is_refused_not_dropped() {
+        let guard = guard();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            bearer(&guard, "josé", Role::Admin),
+        );
+        let refused = guard
+            .admit(&mut headers, &http::Extensions::new())
+            .expect_err("refused");
+        assert_eq!(refused.status.code(), tonic::Code::Unauthenticated);
+        let mut lower = http::HeaderMap::new();
+        let token = guard.tokens.issue("6", Role::Employee).expect("sign");
+        lower.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&format!("BEARER {token}")).expect("ascii"),
+        );
+        assert!(guard.admit(&mut lower, &http::Extensions::new()).is_ok());
     }
 }

@@ -170,6 +170,8 @@ fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {
         .allow_methods([
             http::Method::GET,
             http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
             http::Method::DELETE,
             http::Method::OPTIONS,
         ])
@@ -302,11 +304,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.rest_max_body,
     )?);
     tracing::info!(routes = ?rest.describe(), "REST/JSON routes");
-    let endpoint = Arc::new(oauth::TokenEndpoint {
-        tokens: tokens.clone(),
-        accounts: Arc::new(accounts),
-        guard: guard.clone(),
-    });
+    let endpoint = Arc::new(oauth::TokenEndpoint::new(
+        tokens.clone(),
+        Arc::new(accounts),
+        guard.clone(),
+    ));
     router = router
         .route(
             "/status",

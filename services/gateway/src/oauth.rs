@@ -16,10 +16,16 @@ const MAX_FORM: usize = 8 * 1024;
 
 /// What the token endpoint needs.
 pub struct TokenEndpoint {
-    pub tokens: Arc<Tokens>,
-    pub accounts: Arc<Accounts>,
+    tokens: Arc<Tokens>,
+    accounts: Arc<Accounts>,
     /// For the client address's rate limit: password guessing costs calls too.
-    pub guard: Arc<Guard>,
+    guard: Arc<Guard>,
+    /// argon2 checks at once (each takes ~19 MiB and tens of ms of CPU): beyond the
+    /// cores they only queue memory, so extra attempts get 503 at once.
+    checks: Arc<tokio::sync::Semaphore>,
+    /// Attempts per login name, whatever address they come from: guessing one user's
+    /// password is slow even from many addresses.
+    per_name: crate::limit::Limiter<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -80,6 +86,65 @@ fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
 }
 
 impl TokenEndpoint {
+    pub fn new(tokens: Arc<Tokens>, accounts: Arc<Accounts>, guard: Arc<Guard>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            tokens,
+            accounts,
+            guard,
+            checks: Arc::new(tokio::sync::Semaphore::new(cores)),
+            // 1 a second, 10 at once: a person mistyping is never slowed down.
+            per_name: crate::limit::Limiter::new(crate::limit::Config {
+                per_second: std::num::NonZeroU32::MIN,
+                burst: std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN),
+            }),
+        }
+    }
+
+    /// Runs one argon2 check off the async workers, within the limits above.
+    async fn check<T: Send + 'static>(
+        &self,
+        name: &str,
+        check: impl FnOnce(&Accounts) -> Option<T> + Send + 'static,
+    ) -> Result<Option<T>, http::Response<AxumBody>> {
+        if let Err(over) = self.per_name.check(&name.to_owned()) {
+            let mut response = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "too many attempts for this name; wait a moment",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(over.retry_after_secs),
+            );
+            return Err(response);
+        }
+        let Ok(permit) = self.checks.clone().try_acquire_owned() else {
+            let mut response = oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many logins at once; retry in a second",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            return Err(response);
+        };
+        let accounts = self.accounts.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            check(&accounts)
+        })
+        .await;
+        checked.map_err(|_| {
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "checking the password failed",
+            )
+        })
+    }
+
     /// `POST /oauth2/token`.
     pub async fn token(
         self: Arc<Self>,
@@ -138,14 +203,14 @@ impl TokenEndpoint {
                         "the password grant needs username and password",
                     );
                 };
-                let accounts = self.accounts.clone();
-                // argon2 takes tens of milliseconds of CPU: off the async workers.
-                let role = tokio::task::spawn_blocking(move || {
-                    accounts
-                        .check_user(&user, &password)
-                        .map(|role| (user, role))
-                })
-                .await;
+                let name = user.clone();
+                let role = self
+                    .check(&name, move |accounts| {
+                        accounts
+                            .check_user(&user, &password)
+                            .map(|role| (user, role))
+                    })
+                    .await;
                 match role {
                     Ok(Some(found)) => found,
                     Ok(None) => {
@@ -156,13 +221,7 @@ impl TokenEndpoint {
                             "wrong user name or password",
                         );
                     }
-                    Err(_) => {
-                        return oauth_error(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "server_error",
-                            "checking the password failed",
-                        )
-                    }
+                    Err(response) => return response,
                 }
             }
             "client_credentials" => {
@@ -175,14 +234,20 @@ impl TokenEndpoint {
                         "client_credentials needs the client id and secret (HTTP Basic or form)",
                     );
                 };
-                let accounts = self.accounts.clone();
-                let role = tokio::task::spawn_blocking(move || {
-                    accounts.check_client(&id, &secret).map(|role| (id, role))
-                })
-                .await;
+                let name = id.clone();
+                let role = self
+                    .check(&name, move |accounts| {
+                        // A client's subject is marked as one, so a client id can never
+                        // pass for a member id.
+                        accounts
+                            .check_client(&id, &secret)
+                            .map(|role| (format!("client:{id}"), role))
+                    })
+                    .await;
                 match role {
                     Ok(Some(found)) => found,
-                    _ => {
+                    Err(response) => return response,
+                    Ok(None) => {
                         tracing::info!("client_credentials grant refused");
                         return oauth_error(
                             StatusCode::UNAUTHORIZED,

@@ -345,9 +345,42 @@ fn request_message(
     body: &[u8],
 ) -> Result<DynamicMessage, tonic::Status> {
     let input = route.method.input();
-    let mut fields = if route.body && !body.iter().all(u8::is_ascii_whitespace) {
+    // Each request field comes from one place only: the path, the query or the body. A
+    // field given twice is refused, never silently overridden.
+    let mut fields = serde_json::Map::new();
+    let mut bind = |name: &str, value: serde_json::Value, from: &str| {
+        let field = input
+            .get_field_by_name(name)
+            .or_else(|| input.get_field_by_json_name(name))
+            .ok_or_else(|| {
+                tonic::Status::invalid_argument(format!(
+                    "unknown {from} field {name:?} for {}",
+                    route.method.name()
+                ))
+            })?;
+        match fields.entry(field.json_name().to_owned()) {
+            serde_json::map::Entry::Occupied(_) => Err(tonic::Status::invalid_argument(format!(
+                "{name:?} is given twice (path, query or body: one only)"
+            ))),
+            serde_json::map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                Ok(())
+            }
+        }
+    };
+    for (name, value) in vars {
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| tonic::Status::invalid_argument("path is not UTF-8"))?;
+        bind(name, value.into_owned().into(), "path")?;
+    }
+    if route.body && !body.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(map)) => map,
+            Ok(serde_json::Value::Object(map)) => {
+                for (name, value) in map {
+                    bind(&name, value, "body")?;
+                }
+            }
             Ok(_) => {
                 return Err(tonic::Status::invalid_argument(
                     "the request body must be a JSON object",
@@ -359,28 +392,11 @@ fn request_message(
                 )))
             }
         }
-    } else {
-        serde_json::Map::new()
-    };
-    for (name, value) in vars {
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| tonic::Status::invalid_argument("path is not UTF-8"))?;
-        fields.insert((*name).to_owned(), value.into_owned().into());
     }
     let query: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| tonic::Status::invalid_argument(format!("query string: {e}")))?;
     for (name, value) in query {
-        let field = input
-            .get_field_by_name(&name)
-            .or_else(|| input.get_field_by_json_name(&name))
-            .ok_or_else(|| {
-                tonic::Status::invalid_argument(format!(
-                    "unknown query parameter {name:?} for {}",
-                    route.method.name()
-                ))
-            })?;
-        fields.insert(field.json_name().to_owned(), value.into());
+        bind(&name, value.into(), "query")?;
     }
     DynamicMessage::deserialize_with_options(
         input,

@@ -122,7 +122,7 @@ impl Tokens {
         let encoding = EncodingKey::from_ed_der(der.as_bytes());
         let public = key.verifying_key().to_bytes();
         let decoding = DecodingKey::from_ed_der(&public);
-        // The key id is the public key's own digest prefix: stable for a key, new for a new one.
+        // The key id is the public key's first 12 bytes: stable for a key, new for a new one.
         let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&public[..12]);
         let jwk = Jwk {
             common: CommonParameters {
@@ -188,11 +188,12 @@ impl Tokens {
     ) -> Result<Caller, Refused> {
         let value = authorization.ok_or(Refused::Missing)?;
         let value = value.to_str().map_err(|_| Refused::NotBearer)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(Refused::NotBearer)?
-            .trim();
+        // The scheme is case-insensitive (RFC 9110 11.1).
+        let (scheme, token) = value.split_once(' ').ok_or(Refused::NotBearer)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Refused::NotBearer);
+        }
+        let token = token.trim();
         self.check(token)
     }
 

@@ -61,6 +61,8 @@ pub enum Error {
     Hashing(String),
     #[error("a password or secret must have at least {MIN_SECRET_LEN} characters")]
     TooShort,
+    #[error("{0:?} is not a usable name: 1 to 64 of A-Z a-z 0-9 . _ @ - (an employee's is their member id)")]
+    Name(String),
 }
 
 /// Shortest password or secret accepted when an account is written.
@@ -77,6 +79,11 @@ pub fn hash_secret(secret: &str) -> Result<String, Error> {
         .hash_password(secret.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| Error::Hashing(e.to_string()))
+}
+
+/// A login or client id: a valid token subject without `:` (kept for `client:` subjects).
+fn usable_name(name: &str) -> bool {
+    parking_common::identity::valid_name(name) && !name.contains(':')
 }
 
 /// Checks `secret` against a PHC string; the comparison inside is constant-time.
@@ -103,6 +110,9 @@ impl Accounts {
             source,
         })?;
         for (name, account) in accounts.users.iter().chain(accounts.clients.iter()) {
+            if !usable_name(name) {
+                return Err(Error::Name(name.clone()));
+            }
             PasswordHash::new(&account.hash).map_err(|e| Error::Hash {
                 path: shown.clone(),
                 name: name.clone(),
@@ -147,6 +157,10 @@ impl Accounts {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let mut file = options.open(&tmp).map_err(io)?;
+            // A leftover file keeps its old mode when opened: set it again.
+            #[cfg(unix)]
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(io)?;
             file.write_all(text.as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
@@ -155,6 +169,9 @@ impl Accounts {
 
     /// Adds or replaces a user (or a client when `client`).
     pub fn set(&mut self, client: bool, name: &str, role: Role, secret: &str) -> Result<(), Error> {
+        if !usable_name(name) {
+            return Err(Error::Name(name.to_owned()));
+        }
         if secret.chars().count() < MIN_SECRET_LEN {
             return Err(Error::TooShort);
         }
@@ -214,6 +231,12 @@ mod tests {
             accounts.set(false, "x", Role::Admin, "short"),
             Err(Error::TooShort)
         ));
+        for bad in ["josé", "a b", "client:x", ""] {
+            assert!(matches!(
+                accounts.set(false, bad, Role::Admin, "long enough"),
+                Err(Error::Name(_))
+            ));
+        }
         accounts.save(&path).expect("save");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(!text.contains("correct horse") && text.contains("$argon2id$"));

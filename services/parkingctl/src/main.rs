@@ -10,6 +10,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use gateway::users::Accounts;
+use parking_common::grpc::Bearer;
 use parking_common::identity::Role;
 use parking_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -163,24 +164,6 @@ impl From<tonic::Status> for Refused {
     }
 }
 
-/// Sends the saved access token with every call.
-#[derive(Clone)]
-struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
 type Api = InterceptedService<Channel, Bearer>;
 
 fn default_token_file() -> PathBuf {
@@ -219,7 +202,11 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(text.as_bytes())
+    let mut file = options.open(path)?;
+    // An existing file keeps its old mode when opened: set it again.
+    #[cfg(unix)]
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
 }
 
 /// The password grant against the gateway's `/oauth2/token`, over the same connection
@@ -424,11 +411,7 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
             .ok()
             .map(|t| t.trim().to_owned()),
     };
-    let bearer = Bearer(
-        token
-            .filter(|t| !t.is_empty())
-            .and_then(|t| format!("Bearer {t}").parse().ok()),
-    );
+    let bearer = Bearer::new(token.as_deref().filter(|t| !t.is_empty()));
     let api: Api = InterceptedService::new(channel.clone(), bearer);
     match cli.command {
         Command::Login {
