@@ -1,0 +1,164 @@
+//! One application, one trace: an OTLP collector runs inside this test (a tonic server of
+//! the OpenTelemetry collector protocol), every process exports to it, and the spans of a
+//! reservation made through the gateway must form one tree across gRPC hops and JetStream:
+//! gateway -> reservation -> publish TicketReserved -> parking-lot consume -> publish
+//! Occupied -> delivery consume, with the status view's consume spans in it too.
+#![allow(clippy::unwrap_used)]
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use parking_e2e::{day, eventually, free_port, gateway_as, reserve, Backend, Cluster, Svc};
+use parking_proto::v1 as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A span as the collector received it.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    links: Vec<Vec<u8>>,
+}
+
+#[derive(Default, Clone)]
+struct Collector(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    spans.push(Span {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent: span.parent_span_id,
+                        links: span.links.into_iter().map(|l| l.span_id).collect(),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delivery() {
+    let collector = Collector::default();
+    let port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Export within 100 ms instead of the default 5 s.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mut c = Cluster::prepare(Backend::Sqlite, Default::default()).await;
+    for svc in Svc::ALL {
+        for (k, v) in otel {
+            c.set_env(svc, k, v);
+        }
+        c.start_service(svc).await;
+    }
+    let gw = c.start_gateway_with(&otel).await;
+    let employee = gateway_as(gw, "3117").await;
+    let r = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(employee)
+        .reserve_ticket(reserve(3117, &day(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    let find = |spans: &[Span], service: &str, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name.contains(name))
+            .cloned()
+    };
+    // Wait for the last hop: delivery consuming Occupied, and the status view's spans.
+    let spans = eventually(Duration::from_secs(30), "the whole trace exported", || {
+        let collector = collector.clone();
+        async move {
+            let spans = collector.0.lock().unwrap().clone();
+            let root = find(&spans, "gateway", "TicketReservationService/ReserveTicket")?;
+            let trace: Vec<Span> = spans
+                .into_iter()
+                .filter(|s| s.trace_id == root.trace_id)
+                .collect();
+            let done = find(&trace, "delivery", "Occupied process").is_some()
+                && find(&trace, "status", "DeliveryRequested process").is_some()
+                && find(&trace, "reservation", "Occupied process").is_some();
+            done.then_some(trace)
+        }
+    })
+    .await;
+
+    let by_id: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+    let parent_of = |s: &Span| by_id.get(s.parent.as_slice()).copied();
+    // One tree: a single root (the gateway's span), every other span's parent in the trace.
+    let roots: Vec<&Span> = spans.iter().filter(|s| parent_of(s).is_none()).collect();
+    assert_eq!(roots.len(), 1, "one root expected: {roots:#?}");
+    assert_eq!(roots[0].service, "gateway");
+    assert!(roots[0].name.contains("ReserveTicket"), "{:?}", roots[0]);
+
+    // The chain, hop by hop.
+    let hop = |service: &str, name: &str, parent: &Span| -> Span {
+        let span = spans
+            .iter()
+            .find(|s| s.service == service && s.name.contains(name) && s.parent == parent.span_id)
+            .unwrap_or_else(|| {
+                panic!("no {service} span {name:?} under {parent:?}; trace: {spans:#?}")
+            });
+        span.clone()
+    };
+    let reservation = hop(
+        "reservation",
+        "TicketReservationService/ReserveTicket",
+        roots[0],
+    );
+    let published = hop("reservation", "TicketReserved publish", &reservation);
+    let allocated = hop("parking-lot", "TicketReserved process", &published);
+    assert_eq!(
+        allocated.links,
+        vec![published.span_id.clone()],
+        "consumer links to its producer"
+    );
+    let occupied = hop("parking-lot", "Occupied publish", &allocated);
+    let delivery = hop("delivery", "Occupied process", &occupied);
+    assert_eq!(delivery.links, vec![occupied.span_id.clone()]);
+    let requested = hop("delivery", "DeliveryRequested publish", &delivery);
+    hop("status", "DeliveryRequested process", &requested);
+    hop("status", "TicketReserved process", &published);
+    hop("reservation", "Occupied process", &occupied);
+    assert!(r.id > 0);
+}
