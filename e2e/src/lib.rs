@@ -589,6 +589,23 @@ impl Cluster {
     }
 
     /// The text of every log of a service, for assertions on what it did.
+    /// Every log file of this cluster (services and gateways), by file name.
+    pub fn all_logs(&self) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.folder) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(".log") {
+                    all.push((
+                        name,
+                        std::fs::read_to_string(entry.path()).unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        all
+    }
+
     pub fn logs_of(&self, svc: Svc) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(&self.folder) {
