@@ -264,18 +264,7 @@ impl Cluster {
 
     /// The text of a service's `/metrics` page.
     pub async fn metrics(&self, svc: Svc) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let port = self.metrics_ports[&svc];
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.unwrap();
-        text
+        metrics_at(self.metrics_ports[&svc]).await
     }
 
     fn command(&self, svc: Svc, port: u16, nats: &str, metrics_port: u16) -> Command {
@@ -757,6 +746,21 @@ pub async fn login(port: u16, name: &str) -> String {
 pub async fn gateway_as(port: u16, name: &str) -> AuthChannel {
     let token = login(port, name).await;
     with_token(port, Some(&token)).await
+}
+
+/// The text of the `/metrics` page at a local port.
+pub async fn metrics_at(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
 }
 
 /// A channel to a local port.

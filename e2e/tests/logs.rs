@@ -99,7 +99,7 @@ async fn logs_are_json_with_trace_ids_and_never_hold_a_secret() {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let value: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{file}: not JSON ({e}): {line}"));
-            if value["correlation_id"] == r.id.to_string()
+            if value["correlation_id"].as_str() == Some(r.id.to_string().as_str())
                 && value["trace_id"].as_str().is_some_and(|t| t.len() == 32)
                 && value["span_id"].is_string()
             {

@@ -71,6 +71,7 @@ pub fn build(
             policy.host
         )));
     }
+    metrics.touch(&policy.host);
     let mut destinations: BTreeMap<Option<String>, MeshService> = BTreeMap::new();
     let mut routes = Vec::new();
     for route in &policy.routes {
@@ -105,6 +106,7 @@ pub fn build(
                     Some(s) => format!("{}/{s}", policy.host),
                     None => policy.host.clone(),
                 };
+                metrics.touch(&name);
                 let balancer = outlier::Balancer::new(
                     &name,
                     chosen,

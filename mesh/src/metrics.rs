@@ -58,6 +58,17 @@ impl MeshMetrics {
         );
     }
 
+    /// Creates a host's series at zero, so dashboards and alerts see them before the first
+    /// retry or ejection (an absent series is not a zero in PromQL).
+    pub fn touch(&self, h: &str) {
+        let l = host(h);
+        let _ = self.retries.get_or_create(&l);
+        let _ = self.ejections.get_or_create(&l);
+        let _ = self.overflows.get_or_create(&l);
+        let _ = self.ejected.get_or_create(&l);
+        let _ = self.circuit_open.get_or_create(&l);
+    }
+
     pub fn retry(&self, h: &str) {
         self.retries.get_or_create(&host(h)).inc();
     }

@@ -7,6 +7,12 @@ use crate::events::{self, EventContext};
 use crate::pb::{event_envelope::Payload, EventEnvelope};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -82,12 +88,133 @@ pub fn backoff(delivered: u64) -> Duration {
 
 /// Runs a policy until `shutdown`: declares stream and durable, then handles messages,
 /// up to `concurrency` at once. In-flight messages finish before it returns.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurableLabels {
+    durable: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    durable: String,
+    outcome: &'static str,
+}
+
+/// Lag buckets in seconds: the SLO is reserve-to-view within 1 s.
+const LAG_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// The policies' series, by durable consumer.
+#[derive(Clone, Debug)]
+pub struct ConsumerMetrics {
+    pending: Family<DurableLabels, Gauge>,
+    ack_pending: Family<DurableLabels, Gauge>,
+    redelivered: Family<DurableLabels, Gauge>,
+    handled: Family<OutcomeLabels, Counter>,
+    lag: Family<DurableLabels, Histogram>,
+}
+
+impl Default for ConsumerMetrics {
+    fn default() -> Self {
+        Self {
+            pending: Family::default(),
+            ack_pending: Family::default(),
+            redelivered: Family::default(),
+            handled: Family::default(),
+            lag: Family::new_with_constructor(|| Histogram::new(LAG_BUCKETS)),
+        }
+    }
+}
+
+impl ConsumerMetrics {
+    /// Registers `consumer_pending`, `consumer_ack_pending`, `consumer_redelivered`,
+    /// `consumer_events_total{outcome}` and `consumer_lag_seconds`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "consumer_pending",
+            "Events in the stream the durable consumer has not been given yet",
+            self.pending.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending",
+            "Events given to the consumer and not yet acknowledged",
+            self.ack_pending.clone(),
+        );
+        registry.register(
+            "consumer_redelivered",
+            "Events delivered more than once and not yet acknowledged",
+            self.redelivered.clone(),
+        );
+        registry.register(
+            "consumer_events",
+            "Events handled, by outcome: done, deferred, failed, poison",
+            self.handled.clone(),
+        );
+        registry.register_with_unit(
+            "consumer_lag",
+            "From the event's occurrence to its handling by this consumer",
+            Unit::Seconds,
+            self.lag.clone(),
+        );
+    }
+
+    fn handled(&self, durable: &str, outcome: &'static str) {
+        self.handled
+            .get_or_create(&OutcomeLabels {
+                durable: durable.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// Reads the durable consumer's counts from JetStream every few seconds.
+pub async fn sample(
+    js: jetstream::Context,
+    namespace: String,
+    subscription: Subscription,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) {
+    let labels = DurableLabels {
+        durable: subscription.durable.clone(),
+    };
+    let stream = subscription.context.stream(&namespace);
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let info = async {
+            js.get_stream(&stream)
+                .await
+                .ok()?
+                .consumer_info(&subscription.durable)
+                .await
+                .ok()
+        };
+        if let Some(info) = info.await {
+            let set = |family: &Family<DurableLabels, Gauge>, value: u64| {
+                family
+                    .get_or_create(&labels)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            };
+            set(&metrics.pending, info.num_pending);
+            set(&metrics.ack_pending, info.num_ack_pending as u64);
+            set(&metrics.redelivered, info.num_redelivered as u64);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn run<H: EventHandler>(
     js: jetstream::Context,
     namespace: String,
     subscription: Subscription,
     handler: Arc<H>,
     concurrency: usize,
+    metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -116,9 +243,12 @@ pub async fn run<H: EventHandler>(
                         .for_each_concurrent(concurrency.max(1), |message| {
                             let handler = handler.clone();
                             let durable = subscription.durable.as_str();
+                            let metrics = &metrics;
                             async move {
                                 match message {
-                                    Ok(message) => handle_one(&*handler, durable, message).await,
+                                    Ok(message) => {
+                                        handle_one(&*handler, durable, metrics, message).await
+                                    }
                                     Err(error) => tracing::warn!(%error, durable, "pull failed"),
                                 }
                             }
@@ -175,6 +305,7 @@ async fn bind(
 async fn handle_one<H: EventHandler + ?Sized>(
     handler: &H,
     durable: &str,
+    metrics: &ConsumerMetrics,
     message: jetstream::Message,
 ) {
     let delivered = message
@@ -229,19 +360,35 @@ async fn handle_one<H: EventHandler + ?Sized>(
     );
     async {
         match handler.handle(&event).await {
-            Ok(()) => ack(&message, AckKind::Ack).await,
+            Ok(()) => {
+                ack(&message, AckKind::Ack).await;
+                metrics.handled(durable, "done");
+                if let Some(at) = event.envelope.occurred_at.as_ref() {
+                    let occurred = at.seconds as f64 + f64::from(at.nanos) / 1e9;
+                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+                    metrics
+                        .lag
+                        .get_or_create(&DurableLabels {
+                            durable: durable.to_owned(),
+                        })
+                        .observe((now - occurred).max(0.0));
+                }
+            }
             Err(HandleError::Later { delay, reason }) => {
                 tracing::info!(?delay, %reason, "deferred");
                 ack(&message, AckKind::Nak(Some(delay))).await;
+                metrics.handled(durable, "deferred");
             }
             Err(HandleError::Poison(reason)) => {
                 tracing::error!(%reason, "event refused for good");
                 ack(&message, AckKind::Term).await;
+                metrics.handled(durable, "poison");
             }
             Err(HandleError::Failed(error)) => {
                 let delay = backoff(delivered);
                 tracing::warn!(%error, ?delay, "handler failed, will retry");
                 ack(&message, AckKind::Nak(Some(delay))).await;
+                metrics.handled(durable, "failed");
             }
         }
     }

@@ -89,6 +89,7 @@ pub async fn serve_routes(
     routes: Routes,
     health: HealthReporter,
     names: &[&'static str],
+    metrics: crate::observe::RpcMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     for name in names {
@@ -114,7 +115,7 @@ pub async fn serve_routes(
     };
     tonic::transport::Server::builder()
         .accept_http1(true)
-        .layer(crate::propagation::ServerSpanLayer)
+        .layer(crate::observe::ObserveLayer { metrics })
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drained)
         .await?;
@@ -126,6 +127,7 @@ pub async fn serve_routes(
 pub async fn serve<S: GrpcService>(
     listener: TcpListener,
     service: S,
+    metrics: crate::observe::RpcMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, routes) = base_routes().await?;
@@ -134,6 +136,7 @@ pub async fn serve<S: GrpcService>(
         routes.add_service(service),
         health,
         &[S::NAME],
+        metrics,
         shutdown,
     )
     .await

@@ -13,6 +13,7 @@
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
 //! - [`metrics`]: the Prometheus registry served at /metrics.
 //! - [`propagation`]: W3C trace context through gRPC metadata, outbox rows and NATS headers.
+//! - [`observe`]: a server span and the RED series (calls by code, latency) per gRPC call.
 //! - [`paging`]: page sizes and page tokens for list calls.
 //! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod inbox;
 pub mod metrics;
 pub mod nats;
+pub mod observe;
 pub mod outbox;
 pub mod paging;
 pub mod propagation;

@@ -49,6 +49,36 @@ const BATCH: u64 = 256;
 /// How long sent rows are kept for inspection before they are purged.
 const KEEP_SENT: Duration = Duration::from_secs(3600);
 
+/// The relay's series: what waits to be published and for how long.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxMetrics {
+    backlog: prometheus_client::metrics::gauge::Gauge,
+    oldest_age: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    published: prometheus_client::metrics::counter::Counter,
+}
+
+impl OutboxMetrics {
+    /// Registers `outbox_backlog`, `outbox_oldest_age_seconds`, `outbox_published_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "outbox_backlog",
+            "Committed events not yet acknowledged by JetStream",
+            self.backlog.clone(),
+        );
+        registry.register_with_unit(
+            "outbox_oldest_age",
+            "Age of the oldest unsent event (0 when none waits)",
+            prometheus_client::registry::Unit::Seconds,
+            self.oldest_age.clone(),
+        );
+        registry.register(
+            "outbox_published",
+            "Events the relay published",
+            self.published.clone(),
+        );
+    }
+}
+
 /// The write side of the outbox, cloned into every use case of a service.
 #[derive(Clone, Debug)]
 pub struct Outbox {
@@ -56,6 +86,8 @@ pub struct Outbox {
     namespace: Arc<str>,
     /// Wakes the relay after a commit, so events go out at once instead of at the next poll.
     committed: Arc<Notify>,
+    /// Read by Prometheus; written by the relay after each round.
+    pub metrics: OutboxMetrics,
 }
 
 impl Outbox {
@@ -64,6 +96,7 @@ impl Outbox {
         Self {
             namespace: namespace.into(),
             committed: Arc::new(Notify::new()),
+            metrics: OutboxMetrics::default(),
         }
     }
 
@@ -145,10 +178,12 @@ impl Relay {
                 }
                 self.drain().await
             };
-            let wait = match tokio::select! {
+            let outcome = tokio::select! {
                 r = round => Some(r),
                 _ = shutdown.cancelled() => None,
-            } {
+            };
+            self.observe().await;
+            let wait = match outcome {
                 None => break,
                 Some(Ok(published)) => {
                     failures = 0;
@@ -259,6 +294,7 @@ impl Relay {
                     .map_err(|e| e.to_string())?;
             }
             total += sent.len();
+            self.outbox.metrics.published.inc_by(sent.len() as u64);
             if sent.len() < rows.len() {
                 return Err(format!(
                     "{} of {} events not published",
@@ -268,6 +304,30 @@ impl Relay {
             }
             if !full {
                 return Ok(total);
+            }
+        }
+    }
+
+    /// Updates the backlog series (also while NATS is down: that is when they matter).
+    async fn observe(&self) {
+        let unsent = Entity::find().filter(Column::SentAt.is_null());
+        let oldest = unsent.clone().order_by_asc(Column::Id).one(&self.db).await;
+        match (backlog(&self.db).await, oldest) {
+            (Ok(count), Ok(oldest)) => {
+                let metrics = &self.outbox.metrics;
+                metrics
+                    .backlog
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                let age = oldest.map_or(0.0, |row| {
+                    (chrono::Utc::now() - row.created_at)
+                        .num_milliseconds()
+                        .max(0) as f64
+                        / 1000.0
+                });
+                metrics.oldest_age.set(age);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(%error, "outbox backlog not measured")
             }
         }
     }

@@ -1,8 +1,8 @@
 //! W3C trace context across process boundaries, so one application is one trace from the
 //! gateway to the last consumer:
 //!
-//! - gRPC in: [`ServerSpanLayer`] opens a server span per call, child of the caller's
-//!   `traceparent` header.
+//! - gRPC in: `observe::ObserveLayer` opens a server span per call, child of the
+//!   caller's `traceparent` header ([`extract`]).
 //! - gRPC out: [`InjectLayer`] (or [`inject`]) writes the current span's `traceparent`.
 //! - Events: [`current`] is stored in each event's envelope, so in the outbox row and a
 //!   trace survives a relay restart; the relay opens a producer span under it and sends
@@ -12,7 +12,6 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
 use std::task::{Context as TaskContext, Poll};
-use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct HttpInjector<'a>(&'a mut http::HeaderMap);
@@ -125,58 +124,5 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> S::Future {
         inject(request.headers_mut());
         self.0.call(request)
-    }
-}
-
-/// One server span per gRPC call (health checks and reflection excepted), child of the
-/// caller's context. Handlers may record `correlation_id` on it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerSpanLayer;
-
-impl<S> tower::Layer<S> for ServerSpanLayer {
-    type Service = ServerSpan<S>;
-    fn layer(&self, inner: S) -> ServerSpan<S> {
-        ServerSpan(inner)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerSpan<S>(S);
-
-impl<S, B> tower::Service<http::Request<B>> for ServerSpan<S>
-where
-    S: tower::Service<http::Request<B>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
-            return Box::pin(self.0.call(request));
-        }
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            correlation_id = tracing::field::Empty,
-        );
-        let parent = extract(request.headers());
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
-        let future = {
-            let _entered = span.enter();
-            self.0.call(request)
-        };
-        Box::pin(future.instrument(span))
     }
 }

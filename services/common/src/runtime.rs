@@ -46,6 +46,10 @@ pub struct Host {
     pub outbox: Outbox,
     /// Where services register their Prometheus series before `serve`.
     pub registry: prometheus_client::registry::Registry,
+    /// The server's RED series (registered in `registry`).
+    rpc_metrics: crate::observe::RpcMetrics,
+    /// The policies' series (registered in `registry`).
+    consumer_metrics: consumer::ConsumerMetrics,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     /// Policies (consumers): stopped with the server.
@@ -79,11 +83,20 @@ impl Host {
             None => None,
         };
         let js = nats::connect(&at.events.nats_url, at.name).await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let rpc_metrics = crate::observe::RpcMetrics::default();
+        rpc_metrics.register(&mut registry);
+        let outbox = Outbox::new(&at.events.event_namespace);
+        outbox.metrics.register(&mut registry);
+        let consumer_metrics = consumer::ConsumerMetrics::default();
+        consumer_metrics.register(&mut registry);
         Ok(Self {
             db,
             js,
-            outbox: Outbox::new(&at.events.event_namespace),
-            registry: prometheus_client::registry::Registry::default(),
+            outbox,
+            consumer_metrics,
+            registry,
+            rpc_metrics,
             listener,
             metrics_listener,
             tasks: JoinSet::new(),
@@ -103,14 +116,31 @@ impl Host {
 
     /// Runs an event policy on its durable consumer.
     pub fn follow<H: EventHandler>(&mut self, subscription: Subscription, handler: Arc<H>) {
+        self.tasks.spawn(consumer::sample(
+            self.js.clone(),
+            self.namespace.clone(),
+            subscription.clone(),
+            self.consumer_metrics.clone(),
+            self.shutdown.clone(),
+        ));
         self.tasks.spawn(consumer::run(
             self.js.clone(),
             self.namespace.clone(),
             subscription,
             handler,
             self.concurrency,
+            self.consumer_metrics.clone(),
             self.shutdown.clone(),
         ));
+    }
+
+    /// Runs a task of the service beside the server; it gets the shutdown token and is
+    /// awaited like the policies.
+    pub fn spawn<F>(&mut self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.shutdown.clone()));
     }
 
     /// Serves `service` until shutdown, then waits for the relay and the policies to
@@ -127,7 +157,13 @@ impl Host {
                 self.shutdown.clone(),
             ));
         }
-        let served = grpc::serve(self.listener, service, self.shutdown.clone()).await;
+        let served = grpc::serve(
+            self.listener,
+            service,
+            self.rpc_metrics.clone(),
+            self.shutdown.clone(),
+        )
+        .await;
         // A server that failed takes its tasks down with it.
         self.shutdown.cancel();
         while let Some(result) = self.tasks.join_next().await {

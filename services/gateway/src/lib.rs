@@ -258,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut by_service = std::collections::HashMap::new();
     let streams = rest::streaming_paths(parking_proto::FILE_DESCRIPTOR_SET)?;
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
+    let rpc_metrics = parking_common::observe::RpcMetrics::default();
     // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such as
     // /status stay plain.
     let guarded = |forward: proxy::Forward| {
@@ -332,6 +333,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let metrics = parking_common::grpc::bind(addr).await?;
         let mut registry = prometheus_client::registry::Registry::default();
         mesh_metrics.register(&mut registry);
+        rpc_metrics.register(&mut registry);
         let registry = Arc::new(registry);
         tasks.spawn(parking_common::metrics::serve(
             metrics,
@@ -344,6 +346,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         tonic::service::Routes::from(router),
         health,
         &[],
+        rpc_metrics,
         shutdown.clone(),
     )
     .await;

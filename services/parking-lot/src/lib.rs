@@ -125,9 +125,79 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             delivery: Arc::new(delivery),
         }),
     );
+    let quota = QuotaMetrics::default();
+    quota.register(&mut host.registry);
+    let (sampled, calendar) = (store.clone(), config.calendar.calendar());
+    host.spawn(move |shutdown| quota.sample(sampled, calendar, shutdown));
     let api = api::Api {
         store,
         calendar: config.calendar.calendar(),
     };
     Ok(host.serve(ParkingLotServiceServer::new(api)).await?)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DateLabels {
+    date: String,
+}
+
+/// The quota of every day from today on, as Prometheus sees it.
+#[derive(Clone, Debug, Default)]
+struct QuotaMetrics {
+    capacity: prometheus_client::metrics::family::Family<
+        DateLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    occupied: prometheus_client::metrics::family::Family<
+        DateLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl QuotaMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "parking_quota_capacity",
+            "Spaces a day offers (today and later days with applications or a set capacity)",
+            self.capacity.clone(),
+        );
+        registry.register(
+            "parking_quota_occupied",
+            "Spaces taken on a day",
+            self.occupied.clone(),
+        );
+    }
+
+    /// Reads the days from the database every 5 s; past days drop out.
+    async fn sample(
+        self,
+        store: store::Store,
+        calendar: parking_common::calendar::Calendar,
+        shutdown: CancellationToken,
+    ) {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let today = parking_common::calendar::format_day(calendar.today());
+            match store.days_from(&today).await {
+                Ok(days) => {
+                    self.capacity.clear();
+                    self.occupied.clear();
+                    for (date, day) in days {
+                        let labels = DateLabels { date };
+                        self.capacity
+                            .get_or_create(&labels)
+                            .set(i64::from(day.capacity));
+                        self.occupied
+                            .get_or_create(&labels)
+                            .set(i64::from(day.occupied));
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "quota not sampled"),
+            }
+        }
+    }
 }

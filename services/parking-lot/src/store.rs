@@ -143,6 +143,24 @@ impl Store {
         })
     }
 
+    /// Every day with a quota row from `from` on (YYYY-MM-DD sorts as dates do).
+    pub async fn days_from(&self, from: &str) -> Result<Vec<(String, Day)>, DbErr> {
+        let rows = quota::Entity::find()
+            .filter(quota::Column::Date.gte(from))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let day = Day {
+                    capacity: r.capacity.unwrap_or(self.default_capacity),
+                    occupied: r.occupied,
+                };
+                (r.date, day)
+            })
+            .collect())
+    }
+
     /// Sets a day's capacity unless more spaces are already taken.
     pub async fn set_capacity(&self, date: &str, capacity: i32) -> Result<CapacitySet, DbErr> {
         let txn = self.db.begin().await?;
