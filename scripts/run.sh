@@ -53,6 +53,25 @@ fi
 gateway_key=()
 [ -f var/token-key.pem ] && gateway_key=(TOKEN_KEY_FILE=var/token-key.pem)
 
+# Traces go to OTEL_EXPORTER_OTLP_ENDPOINT when it is set, else to a local Jaeger when one
+# is installed (OTLP/gRPC on 4317, UI on 16686); without either they stay in-process.
+traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT, or install Jaeger)"
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  traces="OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT"
+else
+  jaeger_bin=$(command -v jaeger-all-in-one || command -v jaeger || true)
+  if [ -n "$jaeger_bin" ]; then
+    COLLECTOR_OTLP_ENABLED=true "$jaeger_bin" >var/log/jaeger.log 2>&1 &
+    pids+=($!)
+    if wait_listening 127.0.0.1 4317 30; then
+      export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317
+      traces="Jaeger at http://127.0.0.1:16686 (service gateway, operation ReserveTicket)"
+    else
+      say "Jaeger did not start; see var/log/jaeger.log"
+    fi
+  fi
+fi
+
 # Each service's own DATABASE_URL default is a SQLite file under ./var.
 unset DATABASE_URL LISTEN_ADDR
 start delivery 50053
@@ -79,6 +98,7 @@ parking-mesh is running (logs in var/log/, data in var/):
   status       127.0.0.1:50054  parking.v1.ReservationStatusService
   metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
+  traces       $traces
 
 Demo logins (3117 and 6 are employees, then manager and admin): var/demo-passwords
 

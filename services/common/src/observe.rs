@@ -73,6 +73,12 @@ impl RpcMetrics {
     }
 }
 
+/// Marks the current call's span (and so its log lines and trace) with the reservation
+/// it concerns, once a handler knows it.
+pub fn correlate(reservation_id: i64) {
+    tracing::Span::current().record("correlation_id", reservation_id);
+}
+
 /// The canonical upper-case name of a gRPC code (`NOT_FOUND`).
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -85,7 +85,10 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
             .await
             .map_err(|e| db_status("ShipTicket", e))?
         {
-            Shipping::Done(d) => Ok(Response::new(to_pb(d))),
+            Shipping::Done(d) => {
+                parking_common::observe::correlate(d.reservation_id);
+                Ok(Response::new(to_pb(d)))
+            }
             Shipping::Refused(d) => Err(Status::failed_precondition(format!(
                 "delivery {id} was cancelled (reservation {}); there is no ticket to ship",
                 d.reservation_id

@@ -5,6 +5,7 @@ use crate::store::{Cancelled, Reserved, Store, TicketReservation};
 use parking_common::calendar::{format_day, Calendar};
 use parking_common::grpc::{db_status, positive_id};
 use parking_common::identity::Caller;
+use parking_common::observe::correlate;
 use parking_common::paging::Page;
 use parking_common::pb;
 use tonic::{Request, Response, Status};
@@ -48,10 +49,14 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.store.reserve(&app).await.map_err(|e| db_status("ReserveTicket", e))? {
             Reserved::New(r) => {
+                correlate(r.id);
                 tracing::info!(reservation_id = r.id, member_id = r.member_id, date = %r.date, "ticket reserved");
                 Ok(Response::new(to_pb(r)))
             }
-            Reserved::Replayed(r) => Ok(Response::new(to_pb(r))),
+            Reserved::Replayed(r) => {
+                correlate(r.id);
+                Ok(Response::new(to_pb(r)))
+            }
             Reserved::RequestIdReused(first) => Err(Status::already_exists(format!(
                 "request_id {:?} was already used for reservation {} on {}; use a new request_id for a new application",
                 first.request_id.unwrap_or_default(),
@@ -71,6 +76,7 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
     ) -> Result<Response<pb::TicketReservation>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let id = positive_id("id", request.into_inner().id)?;
+        correlate(id);
         if caller != Caller::Internal {
             // A reservation's member never changes, so checking before the cancel is safe.
             match self

@@ -85,6 +85,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
             (0, id) => positive_id("id", id)?,
             (id, _) => positive_id("reservation_id", id)?,
         };
+        parking_common::observe::correlate(id);
         match self
             .store
             .get(id)
