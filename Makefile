@@ -20,4 +20,4 @@ lint:
 bench:
 	cargo bench -p mesh --bench overhead
 	# The gateway bench starts the release binaries of every service (NATS must be up).
-	. scripts/lib.sh && ensure_nats && cargo build --release --bins && cargo bench -p parking-e2e --bench gateway
+	. scripts/lib.sh && ensure_nats && cargo build --release --bins && cargo bench -p parking-e2e --bench gateway --bench tracing

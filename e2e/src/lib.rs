@@ -10,6 +10,9 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)] // a test harness: a failed set-up should fail loudly
 
+pub mod bench;
+pub mod otlp;
+
 use async_nats::jetstream;
 use chrono::NaiveDate;
 use futures::StreamExt;

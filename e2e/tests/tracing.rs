@@ -5,81 +5,15 @@
 //! Occupied -> delivery consume, with the status view's consume spans in it too.
 #![allow(clippy::unwrap_used)]
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use parking_e2e::{day, eventually, free_port, gateway_as, reserve, Backend, Cluster, Svc};
+use parking_e2e::otlp::{Collector, Span};
+use parking_e2e::{day, eventually, gateway_as, reserve, Backend, Cluster, Svc};
 use parking_proto::v1 as pb;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A span as the collector received it.
-#[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
-    links: Vec<Vec<u8>>,
-}
-
-#[derive(Default, Clone)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for scope in resource.scope_spans {
-                for span in scope.spans {
-                    spans.push(Span {
-                        service: service.clone(),
-                        name: span.name,
-                        trace_id: span.trace_id,
-                        span_id: span.span_id,
-                        parent: span.parent_span_id,
-                        links: span.links.into_iter().map(|l| l.span_id).collect(),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delivery() {
-    let collector = Collector::default();
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let (collector, endpoint) = Collector::start().await;
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         // Export within 100 ms instead of the default 5 s.
@@ -109,7 +43,7 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
     let spans = eventually(Duration::from_secs(30), "the whole trace exported", || {
         let collector = collector.clone();
         async move {
-            let spans = collector.0.lock().unwrap().clone();
+            let spans = collector.spans();
             let root = find(&spans, "gateway", "TicketReservationService/ReserveTicket")?;
             let trace: Vec<Span> = spans
                 .into_iter()

@@ -73,20 +73,34 @@ pub fn init(service: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,async_nats=warn,h2=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // RUST_LOG filters the log lines only: a quieter log must not thin out the traces,
+    // which keep our own spans (info and up) and drop the transport crates' internals.
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("h2", tracing::level_filters::LevelFilter::OFF)
+        .with_target("hyper", tracing::level_filters::LevelFilter::OFF)
+        .with_target("tower", tracing::level_filters::LevelFilter::OFF)
+        .with_target("sqlx", tracing::Level::WARN)
+        .with_target("sea_orm", tracing::Level::WARN)
+        .with_target("async_nats", tracing::Level::WARN);
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_error_records_to_exceptions(true);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+        .with_error_records_to_exceptions(true)
+        .with_filter(spans);
+    let registry = tracing_subscriber::registry().with(otel);
     let result = if json {
         registry
             .with(
                 tfmt::layer()
                     .fmt_fields(JsonFields::new())
-                    .event_format(JsonLine),
+                    .event_format(JsonLine)
+                    .with_filter(filter),
             )
             .try_init()
     } else {
-        registry.with(tfmt::layer().with_target(false)).try_init()
+        registry
+            .with(tfmt::layer().with_target(false).with_filter(filter))
+            .try_init()
     };
     if result.is_ok() {
         tracing::info!(service, exporting, "telemetry initialised");
