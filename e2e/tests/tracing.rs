@@ -2,7 +2,9 @@
 //! the OpenTelemetry collector protocol), every process exports to it, and the spans of a
 //! reservation made through the gateway must form one tree across gRPC hops and JetStream:
 //! gateway -> reservation -> publish TicketReserved -> parking-lot consume -> publish
-//! Occupied -> delivery consume, with the status view's consume spans in it too.
+//! Occupied -> delivery consume, with the status view's consume spans in it too; then the
+//! manager's ShipTicket is a trace of its own: gateway -> delivery -> publish Shipped ->
+//! status consume.
 #![allow(clippy::unwrap_used)]
 
 use parking_e2e::otlp::{Collector, Span};
@@ -28,6 +30,7 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
     }
     let gw = c.start_gateway_with(&otel).await;
     let employee = gateway_as(gw, "3117").await;
+    let manager = gateway_as(gw, "manager").await;
     let r = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(employee)
         .reserve_ticket(reserve(3117, &day(2)))
         .await
@@ -94,5 +97,50 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
     hop("status", "DeliveryRequested process", &requested);
     hop("status", "TicketReserved process", &published);
     hop("reservation", "Occupied process", &occupied);
-    assert!(r.id > 0);
+
+    // The manager ships the ticket: a trace of its own, gateway -> delivery -> publish
+    // Shipped -> the status view.
+    let delivery_id = eventually(Duration::from_secs(30), "the delivery order", || {
+        let manager = manager.clone();
+        async move {
+            pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(manager)
+                .list_deliveries(pb::ListDeliveriesRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .deliveries
+                .into_iter()
+                .find(|d| d.reservation_id == r.id)
+                .map(|d| d.id)
+        }
+    })
+    .await;
+    pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(manager)
+        .ship_ticket(pb::ShipTicketRequest { delivery_id })
+        .await
+        .unwrap();
+    let shipped = eventually(Duration::from_secs(30), "the ship trace exported", || {
+        let collector = collector.clone();
+        async move {
+            let spans = collector.spans();
+            let root = find(&spans, "gateway", "TicketDeliveryService/ShipTicket")?;
+            let trace: Vec<Span> = spans
+                .into_iter()
+                .filter(|s| s.trace_id == root.trace_id)
+                .collect();
+            find(&trace, "status", "Shipped process").map(|_| (root, trace))
+        }
+    })
+    .await;
+    let (root, trace) = shipped;
+    let under = |service: &str, name: &str, parent: &Span| -> Span {
+        trace
+            .iter()
+            .find(|s| s.service == service && s.name.contains(name) && s.parent == parent.span_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {service} span {name:?} under {parent:?}: {trace:#?}"))
+    };
+    let ship = under("delivery", "TicketDeliveryService/ShipTicket", &root);
+    let published = under("delivery", "Shipped publish", &ship);
+    under("status", "Shipped process", &published);
 }

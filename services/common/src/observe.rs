@@ -180,7 +180,11 @@ where
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+            // gRPC-Web carries its status inside the body: the backend behind the gateway
+            // counts those calls as plain gRPC.
+            .is_some_and(|v| {
+                v.starts_with("application/grpc") && !v.starts_with("application/grpc-web")
+            });
         let method = path.trim_start_matches('/').to_owned();
         let span = tracing::info_span!(
             "grpc.server",
