@@ -105,14 +105,31 @@ fn binary(name: &str) -> Command {
 /// A free TCP port on loopback for a service to take. Chosen at random below the kernel's
 /// ephemeral range (32768 and up), so neither outgoing connections nor another test's
 /// port-0 bind can take it between our check and the service's bind, even while the
-/// service is stopped for a restart.
+/// service is stopped for a restart. Test processes run side by side (nextest), so each
+/// port is also leased through a file created exclusively under the temp dir: no two
+/// tests get the same port while both hold it. Leases older than ten minutes (longer than
+/// any test) are stale.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    let leases = std::env::temp_dir().join("parking-e2e-ports");
+    let _ = std::fs::create_dir_all(&leases);
     loop {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let lease = leases.join(port.to_string());
+        let stale = std::fs::metadata(&lease)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(600)));
+        if stale {
+            let _ = std::fs::remove_file(&lease);
+        }
+        let leased = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lease)
+            .is_ok();
+        if leased && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
