@@ -63,6 +63,10 @@ pub struct Figures {
 
 impl Figures {
     pub fn of(mut latencies: Vec<Duration>, rounds: usize) -> Figures {
+        if latencies.is_empty() {
+            // Every call failed (printed as they came): nothing to measure.
+            latencies.push(Duration::ZERO);
+        }
         latencies.sort();
         let at =
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];

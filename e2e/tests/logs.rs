@@ -4,7 +4,9 @@
 //! even at debug level.
 #![allow(clippy::unwrap_used)]
 
-use parking_e2e::{day, login, password_of, reserve, with_token, Backend, Cluster, Svc};
+use parking_e2e::{
+    day, eventually, login, password_of, reserve, with_token, Backend, Cluster, Svc,
+};
 use parking_proto::v1 as pb;
 use std::time::Duration;
 
@@ -64,7 +66,20 @@ async fn logs_are_json_with_trace_ids_and_never_hold_a_secret() {
     .list_deliveries(pb::ListDeliveriesRequest::default())
     .await;
     // Let the events run through every service (their logs included).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = &c;
+    eventually(
+        Duration::from_secs(30),
+        "the status view logged the delivery order",
+        || async move {
+            c.all_logs()
+                .iter()
+                .any(|(file, text)| {
+                    file.starts_with("status-") && text.contains("DeliveryRequested")
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     let accounts = std::fs::read_to_string(c.accounts_file()).unwrap();
     let hash = accounts
@@ -92,6 +107,7 @@ async fn logs_are_json_with_trace_ids_and_never_hold_a_secret() {
         logs.iter().map(|l| &l.0).collect::<Vec<_>>()
     );
     let mut traced = false;
+    let mut handler_line = false;
     for (file, text) in &logs {
         for (what, secret) in &secrets {
             assert!(!text.contains(secret.as_str()), "{file} holds the {what}");
@@ -99,14 +115,16 @@ async fn logs_are_json_with_trace_ids_and_never_hold_a_secret() {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let value: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{file}: not JSON ({e}): {line}"));
-            if value["correlation_id"].as_str() == Some(r.id.to_string().as_str())
+            let ours = value["correlation_id"].as_str() == Some(r.id.to_string().as_str())
                 && value["trace_id"].as_str().is_some_and(|t| t.len() == 32)
-                && value["span_id"].is_string()
-            {
-                traced = true;
-            }
+                && value["span_id"].is_string();
+            traced |= ours;
+            // The handler's own line, correlated through its call span.
+            handler_line |=
+                ours && file.starts_with("reservation-") && value["message"] == "ticket reserved";
         }
     }
+    assert!(handler_line, "ReserveTicket's own log line lacks its ids");
     assert!(
         traced,
         "no log line with the reservation's correlation id and a trace id"

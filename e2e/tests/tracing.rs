@@ -13,6 +13,15 @@ use parking_proto::v1 as pb;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The span of `service` named like `name` whose parent is `parent`.
+fn child(trace: &[Span], service: &str, name: &str, parent: &Span) -> Span {
+    trace
+        .iter()
+        .find(|s| s.service == service && s.name.contains(name) && s.parent == parent.span_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {service} span {name:?} under {parent:?}; trace: {trace:#?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delivery() {
     let (collector, endpoint) = Collector::start().await;
@@ -52,10 +61,28 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
                 .into_iter()
                 .filter(|s| s.trace_id == root.trace_id)
                 .collect();
-            let done = find(&trace, "delivery", "Occupied process").is_some()
-                && find(&trace, "status", "DeliveryRequested process").is_some()
-                && find(&trace, "reservation", "Occupied process").is_some();
-            done.then_some(trace)
+            // Processes export on their own schedules: wait for every span asserted below
+            // and for every parent of what has arrived (no orphan left waiting).
+            let wanted = [
+                ("reservation", "TicketReservationService/ReserveTicket"),
+                ("reservation", "TicketReserved publish"),
+                ("parking-lot", "TicketReserved process"),
+                ("parking-lot", "Occupied publish"),
+                ("delivery", "Occupied process"),
+                ("delivery", "DeliveryRequested publish"),
+                ("status", "DeliveryRequested process"),
+                ("status", "TicketReserved process"),
+                ("reservation", "Occupied process"),
+            ];
+            let all_there = wanted
+                .iter()
+                .all(|(svc, name)| find(&trace, svc, name).is_some());
+            let ids: Vec<&[u8]> = trace.iter().map(|s| s.span_id.as_slice()).collect();
+            let orphans = trace
+                .iter()
+                .filter(|s| s.span_id != root.span_id && !ids.contains(&s.parent.as_slice()))
+                .count();
+            (all_there && orphans == 0).then_some(trace)
         }
     })
     .await;
@@ -69,15 +96,7 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
     assert!(roots[0].name.contains("ReserveTicket"), "{:?}", roots[0]);
 
     // The chain, hop by hop.
-    let hop = |service: &str, name: &str, parent: &Span| -> Span {
-        let span = spans
-            .iter()
-            .find(|s| s.service == service && s.name.contains(name) && s.parent == parent.span_id)
-            .unwrap_or_else(|| {
-                panic!("no {service} span {name:?} under {parent:?}; trace: {spans:#?}")
-            });
-        span.clone()
-    };
+    let hop = |service: &str, name: &str, parent: &Span| child(&spans, service, name, parent);
     let reservation = hop(
         "reservation",
         "TicketReservationService/ReserveTicket",
@@ -128,19 +147,20 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
                 .into_iter()
                 .filter(|s| s.trace_id == root.trace_id)
                 .collect();
-            find(&trace, "status", "Shipped process").map(|_| (root, trace))
+            let all_there = find(&trace, "delivery", "TicketDeliveryService/ShipTicket").is_some()
+                && find(&trace, "delivery", "Shipped publish").is_some()
+                && find(&trace, "status", "Shipped process").is_some();
+            all_there.then_some((root, trace))
         }
     })
     .await;
     let (root, trace) = shipped;
-    let under = |service: &str, name: &str, parent: &Span| -> Span {
-        trace
-            .iter()
-            .find(|s| s.service == service && s.name.contains(name) && s.parent == parent.span_id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {service} span {name:?} under {parent:?}: {trace:#?}"))
-    };
-    let ship = under("delivery", "TicketDeliveryService/ShipTicket", &root);
-    let published = under("delivery", "Shipped publish", &ship);
-    under("status", "Shipped process", &published);
+    let ship = child(
+        &trace,
+        "delivery",
+        "TicketDeliveryService/ShipTicket",
+        &root,
+    );
+    let published = child(&trace, "delivery", "Shipped publish", &ship);
+    child(&trace, "status", "Shipped process", &published);
 }

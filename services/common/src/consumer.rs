@@ -318,6 +318,7 @@ async fn handle_one<H: EventHandler + ?Sized>(
             // Redelivering a message nobody can read helps no one: stop it, loudly.
             tracing::error!(%error, subject = %message.subject, durable, "undecodable event dropped");
             ack(&message, AckKind::Term).await;
+            metrics.handled(durable, "poison");
             return;
         }
     };
@@ -363,7 +364,14 @@ async fn handle_one<H: EventHandler + ?Sized>(
             Ok(()) => {
                 ack(&message, AckKind::Ack).await;
                 metrics.handled(durable, "done");
-                if let Some(at) = event.envelope.occurred_at.as_ref() {
+                // First deliveries only: a redelivery the inbox already applied says
+                // nothing about how late the view is.
+                if let Some(at) = event
+                    .envelope
+                    .occurred_at
+                    .as_ref()
+                    .filter(|_| delivered == 1)
+                {
                     let occurred = at.seconds as f64 + f64::from(at.nanos) / 1e9;
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
                     metrics

@@ -76,7 +76,8 @@ impl RpcMetrics {
 /// Marks the current call's span (and so its log lines and trace) with the reservation
 /// it concerns, once a handler knows it.
 pub fn correlate(reservation_id: i64) {
-    tracing::Span::current().record("correlation_id", reservation_id);
+    // A string, as consumers record it from the envelope: one JSON type per log field.
+    tracing::Span::current().record("correlation_id", reservation_id.to_string().as_str());
 }
 
 /// The canonical upper-case name of a gRPC code (`NOT_FOUND`).
@@ -111,27 +112,105 @@ fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
         .map(tonic::Code::from)
 }
 
-/// Counts a call once its code is known: from the trailers, or when the answer's body is
-/// dropped without any (the client went away: CANCELLED).
+/// Every `package.Service/Method` of the contract: the only values the `method` label
+/// takes, so a caller inventing paths cannot grow the series without bound.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(parking_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        set.file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package().to_owned();
+                file.service.iter().flat_map(move |service| {
+                    let prefix = format!("{package}.{}", service.name());
+                    service
+                        .method
+                        .iter()
+                        .map(move |m| format!("{prefix}/{}", m.name()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect()
+    });
+
+/// The `grpc-timeout` a caller set (`<digits><unit>`, unit H M S m u n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration as D;
+    Some(match unit {
+        "H" => D::from_secs(n.saturating_mul(3600)),
+        "M" => D::from_secs(n.saturating_mul(60)),
+        "S" => D::from_secs(n),
+        "m" => D::from_millis(n),
+        "u" => D::from_micros(n),
+        "n" => D::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// One call's series and span status, written once: when its code is known (trailers or
+/// trailers-only headers) or when it is dropped unanswered (the client went away, or
+/// tonic's deadline fired: CANCELLED or DEADLINE_EXCEEDED, with the time it ran).
 struct Outcome {
     metrics: RpcMetrics,
     method: String,
+    span: tracing::Span,
+    started: Instant,
+    deadline: Option<std::time::Duration>,
+    timed: bool,
     done: bool,
 }
 
 impl Outcome {
+    /// Latency: up to the answer's headers (or to the end, for a call never answered).
+    fn time(&mut self) {
+        if !self.timed {
+            self.timed = true;
+            self.metrics
+                .duration
+                .get_or_create(&MethodLabels {
+                    method: self.method.clone(),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+
     fn finish(&mut self, code: tonic::Code) {
-        if !self.done {
-            self.done = true;
-            self.metrics.record(&self.method, code);
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.time();
+        self.metrics.record(&self.method, code);
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
         }
     }
 }
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        self.finish(tonic::Code::Cancelled);
+        let expired = self.deadline.is_some_and(|d| self.started.elapsed() >= d);
+        self.finish(if expired {
+            tonic::Code::DeadlineExceeded
+        } else {
+            tonic::Code::Cancelled
+        });
     }
+}
+
+/// Codes that are the server's fault (they spend the availability budget).
+pub fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | Internal | Unavailable | DeadlineExceeded | DataLoss
+    )
 }
 
 /// The span and the series around every call of a server.
@@ -185,43 +264,47 @@ where
             .is_some_and(|v| {
                 v.starts_with("application/grpc") && !v.starts_with("application/grpc-web")
             });
-        let method = path.trim_start_matches('/').to_owned();
+        let name = path.trim_start_matches('/').to_owned();
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = %method,
+            otel.name = %name,
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = if grpc { "grpc" } else { "http" },
+            rpc.grpc.status_code = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
         );
         let parent = propagation::extract(request.headers());
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
+        // Series for gRPC only: REST paths carry ids (the backends count the gRPC calls
+        // REST turns into).
+        let outcome = grpc.then(|| Outcome {
+            metrics: self.metrics.clone(),
+            method: if KNOWN_METHODS.contains(&name) {
+                name
+            } else {
+                "other".to_owned()
+            },
+            span: span.clone(),
+            started: Instant::now(),
+            deadline: grpc_timeout(request.headers()),
+            timed: false,
+            done: false,
+        });
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        // Series for gRPC only: REST paths carry ids and would grow without bound (the
-        // backends count the gRPC calls REST turns into).
-        let metrics = grpc.then(|| self.metrics.clone());
         Box::pin(
             async move {
-                let started = Instant::now();
+                // Dropped before an answer (deadline, client gone): `outcome` counts it.
                 let response = future.await?;
-                let Some(metrics) = metrics else {
+                let Some(mut outcome) = outcome else {
                     return Ok(response);
                 };
-                metrics
-                    .duration
-                    .get_or_create(&MethodLabels {
-                        method: method.clone(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-                let mut outcome = Outcome {
-                    metrics,
-                    method,
-                    done: false,
-                };
+                outcome.time();
                 // Trailers-only answers (most errors) carry the code in the headers.
                 if let Some(code) = status_of(response.headers()) {
                     outcome.finish(code);

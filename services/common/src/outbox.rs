@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// One event waiting to be (or already) published.
@@ -182,7 +183,6 @@ impl Relay {
                 r = round => Some(r),
                 _ = shutdown.cancelled() => None,
             };
-            self.observe().await;
             let wait = match outcome {
                 None => break,
                 Some(Ok(published)) => {
@@ -245,17 +245,22 @@ impl Relay {
                 let mut publish = PublishMessage::build()
                     .payload(row.payload.clone().into())
                     .message_id(row.event_id.as_str());
-                if let Some(tp) = &row.traceparent {
-                    // A producer span under the context the row was written in; its own
-                    // context travels in the header for the consumers.
-                    let span = tracing::info_span!(
+                // A producer span under the context the row was written in, open from the
+                // send to JetStream's ack; its own context travels in the header for the
+                // consumers. No context, no span: the event was not part of a trace.
+                let span = match &row.traceparent {
+                    Some(_) => tracing::info_span!(
                         "publish",
                         otel.name = %format!("{} publish", row.subject),
                         otel.kind = "producer",
+                        otel.status_code = tracing::field::Empty,
                         messaging.system = "nats",
                         messaging.destination.name = %row.subject,
                         messaging.message.id = %row.event_id,
-                    );
+                    ),
+                    None => tracing::Span::none(),
+                };
+                if let Some(tp) = &row.traceparent {
                     let _ = span.set_parent(crate::propagation::from_pair(tp, ""));
                     let (traceparent, tracestate) = span.in_scope(crate::propagation::current);
                     let traceparent = if traceparent.is_empty() {
@@ -268,10 +273,16 @@ impl Relay {
                         publish = publish.header("tracestate", tracestate.as_str());
                     }
                 }
-                match self.js.send_publish(row.subject.clone(), publish).await {
-                    Ok(ack) => acks.push((row.id, ack)),
+                let sending = self
+                    .js
+                    .send_publish(row.subject.clone(), publish)
+                    .instrument(span.clone())
+                    .await;
+                match sending {
+                    Ok(ack) => acks.push((row.id, ack, span)),
                     Err(e) => {
                         // Keep order: stop at the first failure, mark what went out.
+                        span.record("otel.status_code", "ERROR");
                         tracing::warn!(error = %e, event_id = %row.event_id, "publish failed");
                         break;
                     }
@@ -279,10 +290,16 @@ impl Relay {
             }
             let attempted = acks.len();
             let mut sent = Vec::with_capacity(attempted);
-            for (id, ack) in acks {
-                match ack.await {
+            for (id, ack, span) in acks {
+                match std::future::IntoFuture::into_future(ack)
+                    .instrument(span.clone())
+                    .await
+                {
                     Ok(_) => sent.push(id),
-                    Err(e) => tracing::warn!(error = %e, id, "publish not acknowledged"),
+                    Err(e) => {
+                        span.record("otel.status_code", "ERROR");
+                        tracing::warn!(error = %e, id, "publish not acknowledged")
+                    }
                 }
             }
             if !sent.is_empty() {
@@ -308,30 +325,6 @@ impl Relay {
         }
     }
 
-    /// Updates the backlog series (also while NATS is down: that is when they matter).
-    async fn observe(&self) {
-        let unsent = Entity::find().filter(Column::SentAt.is_null());
-        let oldest = unsent.clone().order_by_asc(Column::Id).one(&self.db).await;
-        match (backlog(&self.db).await, oldest) {
-            (Ok(count), Ok(oldest)) => {
-                let metrics = &self.outbox.metrics;
-                metrics
-                    .backlog
-                    .set(i64::try_from(count).unwrap_or(i64::MAX));
-                let age = oldest.map_or(0.0, |row| {
-                    (chrono::Utc::now() - row.created_at)
-                        .num_milliseconds()
-                        .max(0) as f64
-                        / 1000.0
-                });
-                metrics.oldest_age.set(age);
-            }
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::debug!(%error, "outbox backlog not measured")
-            }
-        }
-    }
-
     async fn purge_sent(&self) {
         let Ok(keep) = chrono::Duration::from_std(KEEP_SENT) else {
             return;
@@ -353,4 +346,38 @@ pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
         .filter(Column::SentAt.is_null())
         .count(db)
         .await
+}
+
+/// Measures the backlog every 5 s, apart from the relay's rounds, so the series stay fresh
+/// while a round hangs or NATS is down (that is when they matter).
+pub async fn sample(db: DatabaseConnection, metrics: OutboxMetrics, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let oldest = Entity::find()
+            .filter(Column::SentAt.is_null())
+            .order_by_asc(Column::Id)
+            .one(&db)
+            .await;
+        match (backlog(&db).await, oldest) {
+            (Ok(count), Ok(oldest)) => {
+                metrics
+                    .backlog
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                let age = oldest.map_or(0.0, |row| {
+                    (chrono::Utc::now() - row.created_at)
+                        .num_milliseconds()
+                        .max(0) as f64
+                        / 1000.0
+                });
+                metrics.oldest_age.set(age);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::debug!(%error, "outbox backlog not measured")
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! - gRPC in: `observe::ObserveLayer` opens a server span per call, child of the
 //!   caller's `traceparent` header ([`extract`]).
-//! - gRPC out: [`InjectLayer`] (or [`inject`]) writes the current span's `traceparent`.
+//! - gRPC out: [`Inject`] (or [`inject`]) writes the current span's `traceparent`.
 //! - Events: [`current`] is stored in each event's envelope, so in the outbox row and a
 //!   trace survives a relay restart; the relay opens a producer span under it and sends
 //!   that span's context as the NATS `traceparent` header; a consumer span is a child of
@@ -95,17 +95,8 @@ pub fn adopt(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
-/// Writes the current span's context into every outgoing request (gRPC clients).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InjectLayer;
-
-impl<S> tower::Layer<S> for InjectLayer {
-    type Service = Inject<S>;
-    fn layer(&self, inner: S) -> Inject<S> {
-        Inject(inner)
-    }
-}
-
+/// Writes the current span's context into every outgoing request (wrap a gRPC client's
+/// transport in it).
 #[derive(Debug, Clone)]
 pub struct Inject<S>(pub S);
 

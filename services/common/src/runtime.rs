@@ -109,6 +109,11 @@ impl Host {
 
     /// Runs the outbox relay, publishing to the stream of `context`.
     pub fn relay(&mut self, context: EventContext) {
+        self.tasks.spawn(crate::outbox::sample(
+            self.db.clone(),
+            self.outbox.metrics.clone(),
+            self.shutdown.clone(),
+        ));
         let relay = self.outbox.relay(self.db.clone(), self.js.clone(), context);
         let stop = CancellationToken::new();
         self.relay = Some((tokio::spawn(relay.run(stop.clone())), stop));

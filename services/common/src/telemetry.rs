@@ -94,12 +94,12 @@ pub fn init(service: &str) -> Telemetry {
                 tfmt::layer()
                     .fmt_fields(JsonFields::new())
                     .event_format(JsonLine)
-                    .with_filter(filter),
+                    .with_filter(lines(filter)),
             )
             .try_init()
     } else {
         registry
-            .with(tfmt::layer().with_target(false).with_filter(filter))
+            .with(tfmt::layer().with_target(false).with_filter(lines(filter)))
             .try_init()
     };
     if result.is_ok() {
@@ -112,6 +112,18 @@ pub fn init(service: &str) -> Telemetry {
         provider,
         exporting,
     }
+}
+
+/// RUST_LOG decides which events become lines; our spans (info and up) stay visible to the
+/// formatter whatever it says, so a warning still names its span and correlation id.
+fn lines<S>(filter: EnvFilter) -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    filter.or(filter_fn(|meta| {
+        meta.is_span() && *meta.level() <= tracing::Level::INFO && !meta.target().starts_with("h2")
+    }))
 }
 
 /// One JSON object per event: time, level, target, the event's fields, the trace and span
