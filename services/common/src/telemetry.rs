@@ -58,14 +58,17 @@ pub fn init(service: &str) -> Telemetry {
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     let mut export_error = None;
-    let exporting = otlp_configured();
+    let mut exporting = otlp_configured();
     if exporting {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
         {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => export_error = Some(e.to_string()),
+            Err(e) => {
+                export_error = Some(e.to_string());
+                exporting = false;
+            }
         }
     }
     let provider = builder.build();
