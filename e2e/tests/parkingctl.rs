@@ -154,6 +154,44 @@ async fn every_command_through_the_gateway() {
     let (code, _, err) = as_user("intruder").run(&["list"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("Unauthenticated"), "{err}");
+
+    // A user added while the gateway runs can log in a moment later (the file is watched);
+    // a broken file is refused and the accounts in force stay.
+    let (code, _, err) = nobody
+        .run_with(
+            &["users", "add", "7", "--role", "employee", "--file", file],
+            &[("PARKING_PASSWORD", "seven pass phrase")],
+            "",
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let newcomer = as_user("7");
+    eventually(Duration::from_secs(15), "the new user can log in", || {
+        let newcomer = &newcomer;
+        async move {
+            let (code, _, _) = newcomer
+                .run_with(
+                    &["login", "--user", "7", "--password-stdin"],
+                    &[],
+                    "seven pass phrase\n",
+                )
+                .await;
+            (code == 0).then_some(())
+        }
+    })
+    .await;
+    let good = std::fs::read_to_string(&accounts).unwrap();
+    std::fs::write(&accounts, "users: [not, a, map]\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (code, _, err) = newcomer
+        .run_with(
+            &["login", "--user", "7", "--password-stdin"],
+            &[],
+            "seven pass phrase\n",
+        )
+        .await;
+    assert_eq!(code, 0, "the last good accounts stay: {err}");
+    std::fs::write(&accounts, good).unwrap();
     let date = day(4);
 
     let r = ctl

@@ -88,7 +88,7 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_SUBJECT_BURST", default_value_t = 100)]
     pub rate_limit_subject_burst: u32,
     /// Users and clients who may get tokens (YAML, argon2id hashes; `parkingctl users add`
-    /// writes it). Missing: nobody can log in.
+    /// writes it). Missing: nobody can log in. Re-read when it changes.
     #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
     pub accounts_file: PathBuf,
     /// Ed25519 private key (PKCS#8 PEM) that signs tokens. Unset: a key made at start,
@@ -231,17 +231,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             tokens::Tokens::ephemeral(&config.token_issuer, &config.token_audience, lifetime)?
         }
     });
-    let accounts = if config.accounts_file.exists() {
-        users::Accounts::load(&config.accounts_file)?
-    } else {
-        tracing::warn!(file = %config.accounts_file.display(), "no accounts file: nobody can log in (parkingctl users add writes one)");
-        users::Accounts::default()
-    };
-    tracing::info!(
-        users = accounts.users.len(),
-        clients = accounts.clients.len(),
-        "accounts loaded"
-    );
+    let accounts = users::AccountsFile::open(&config.accounts_file)?;
     let guard = Arc::new(guard::Guard {
         tokens: tokens.clone(),
         by_addr: limit::Config::new(config.rate_limit_per_addr, config.rate_limit_burst)
@@ -307,7 +297,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     tracing::info!(routes = ?rest.describe(), "REST/JSON routes");
     let endpoint = Arc::new(oauth::TokenEndpoint::new(
         tokens.clone(),
-        Arc::new(accounts),
+        accounts.clone(),
         guard.clone(),
     ));
     router = router
@@ -329,6 +319,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let listener = parking_common::grpc::bind(config.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(guard.shrink_limiters(shutdown.clone()));
+    tasks.spawn(accounts.watch(Duration::from_secs(2), shutdown.clone()));
     if let Some(addr) = config.metrics_listen.0 {
         let metrics = parking_common::grpc::bind(addr).await?;
         let mut registry = prometheus_client::registry::Registry::default();

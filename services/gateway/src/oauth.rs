@@ -5,7 +5,7 @@
 
 use crate::guard::Guard;
 use crate::tokens::Tokens;
-use crate::users::Accounts;
+use crate::users::{Accounts, AccountsFile};
 use axum::body::Body as AxumBody;
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
@@ -17,7 +17,7 @@ const MAX_FORM: usize = 8 * 1024;
 /// What the token endpoint needs.
 pub struct TokenEndpoint {
     tokens: Arc<Tokens>,
-    accounts: Arc<Accounts>,
+    accounts: AccountsFile,
     /// For the client address's rate limit: password guessing costs calls too.
     guard: Arc<Guard>,
     /// argon2 checks at once (each takes ~19 MiB and tens of ms of CPU): beyond the
@@ -86,7 +86,7 @@ fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
 }
 
 impl TokenEndpoint {
-    pub fn new(tokens: Arc<Tokens>, accounts: Arc<Accounts>, guard: Arc<Guard>) -> Self {
+    pub fn new(tokens: Arc<Tokens>, accounts: AccountsFile, guard: Arc<Guard>) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             tokens,
@@ -130,7 +130,7 @@ impl TokenEndpoint {
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             return Err(response);
         };
-        let accounts = self.accounts.clone();
+        let accounts = self.accounts.current();
         let checked = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             check(&accounts)

@@ -16,7 +16,8 @@ use argon2::Argon2;
 use parking_common::identity::Role;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
+use tokio_util::sync::CancellationToken;
 
 /// One login.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -207,6 +208,88 @@ impl Accounts {
                     let _ = matches(secret, decoy);
                 }
                 None
+            }
+        }
+    }
+}
+
+/// The accounts in force: read at start and again whenever the file changes, so
+/// `parkingctl users add` (or a rotated Secret) takes effect without a restart. A file that
+/// does not parse is refused and the last good accounts stay.
+#[derive(Clone)]
+pub struct AccountsFile {
+    path: std::path::PathBuf,
+    current: Arc<RwLock<Arc<Accounts>>>,
+}
+
+impl AccountsFile {
+    /// Reads `path` now; a missing file means no accounts yet (with a warning).
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let accounts = if path.exists() {
+            Accounts::load(path)?
+        } else {
+            tracing::warn!(file = %path.display(), "no accounts file yet: nobody can log in (parkingctl users add writes one)");
+            Accounts::default()
+        };
+        tracing::info!(
+            users = accounts.users.len(),
+            clients = accounts.clients.len(),
+            "accounts loaded"
+        );
+        Ok(Self {
+            path: path.to_owned(),
+            current: Arc::new(RwLock::new(Arc::new(accounts))),
+        })
+    }
+
+    /// The accounts as they are now.
+    pub fn current(&self) -> Arc<Accounts> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the file when its modification time or size changes, until `shutdown`.
+    pub async fn watch(self, every: std::time::Duration, shutdown: CancellationToken) {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        };
+        let mut seen = stamp(&self.path);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = stamp(&self.path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let path = self.path.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                if path.exists() {
+                    Accounts::load(&path)
+                } else {
+                    Ok(Accounts::default())
+                }
+            })
+            .await;
+            match loaded {
+                Ok(Ok(accounts)) => {
+                    tracing::info!(
+                        users = accounts.users.len(),
+                        clients = accounts.clients.len(),
+                        "accounts reloaded"
+                    );
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(accounts);
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "accounts file change refused; keeping the last good accounts")
+                }
+                Err(error) => tracing::error!(%error, "reading the accounts file failed"),
             }
         }
     }
