@@ -72,20 +72,49 @@ pub struct Guard {
     pub tokens: Arc<Tokens>,
     pub by_addr: Option<Limiter<IpAddr>>,
     pub by_subject: Option<Limiter<String>>,
+    /// Proxies in front of the gateway that append to `X-Forwarded-For` (an ingress, a
+    /// sidecar); 0: the TCP peer is the client.
+    pub trusted_hops: usize,
 }
 
-/// The client's address as the connection gives it.
-pub fn client_ip(extensions: &http::Extensions) -> Option<IpAddr> {
-    extensions
+/// The client's address: the TCP peer, or with `trusted_hops` proxies in front, the
+/// address the outermost of them saw (`X-Forwarded-For`, counted from the right, so a
+/// client cannot choose its own by sending the header).
+pub fn client_ip(
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    let peer = extensions
         .get::<TcpConnectInfo>()
         .and_then(|c| c.remote_addr())
-        .map(|a| a.ip())
+        .map(|a| a.ip());
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .len()
+        .checked_sub(trusted_hops)
+        .and_then(|i| forwarded.get(i).copied())
+        .or(peer)
 }
 
 impl Guard {
     /// The client address's limit alone (for the token endpoint, before any token).
-    pub fn limit_addr(&self, extensions: &http::Extensions) -> Result<(), Rejection> {
-        if let (Some(limiter), Some(ip)) = (&self.by_addr, client_ip(extensions)) {
+    pub fn limit_addr(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), Rejection> {
+        let ip = client_ip(headers, extensions, self.trusted_hops);
+        if let (Some(limiter), Some(ip)) = (&self.by_addr, ip) {
             limiter
                 .check(&ip)
                 .map_err(|over| Rejection::over_limit(over, "client address", limiter.config))?;
@@ -100,7 +129,7 @@ impl Guard {
         headers: &mut http::HeaderMap,
         extensions: &http::Extensions,
     ) -> Result<Caller, Rejection> {
-        self.limit_addr(extensions)?;
+        self.limit_addr(headers, extensions)?;
         let caller = self
             .tokens
             .check_header(headers.get(http::header::AUTHORIZATION))
@@ -198,6 +227,7 @@ mod tests {
             tokens: Arc::new(tokens),
             by_addr: None,
             by_subject: None,
+            trusted_hops: 0,
         }
     }
 
@@ -246,6 +276,22 @@ mod tests {
             all("authorization").is_empty(),
             "the token stays at the gateway"
         );
+    }
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let mut headers = http::HeaderMap::new();
+        // The client forged the first entry; the ingress appended the real address.
+        headers.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_static("6.6.6.6, 203.0.113.7"),
+        );
+        let none = http::Extensions::new();
+        let ip = |hops| client_ip(&headers, &none, hops);
+        assert_eq!(ip(1), "203.0.113.7".parse().ok());
+        assert_eq!(ip(2), "6.6.6.6".parse().ok());
+        assert_eq!(ip(3), None, "fewer entries than hops: the peer (none here)");
+        assert_eq!(ip(0), None, "no proxies trusted: the header is ignored");
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct Config {
     /// Burst allowed per token subject above the steady rate.
     #[arg(long, env = "RATE_LIMIT_SUBJECT_BURST", default_value_t = 100)]
     pub rate_limit_subject_burst: u32,
+    /// Proxies in front of the gateway that append to X-Forwarded-For (ingress, sidecar):
+    /// the per-address limit then keys on the address the outermost one saw.
+    #[arg(long, env = "TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
     /// Users and clients who may get tokens (YAML, argon2id hashes; `parkingctl users add`
     /// writes it). Missing: nobody can log in. Re-read when it changes.
     #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
@@ -241,6 +245,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             config.rate_limit_subject_burst,
         )
         .map(limit::Limiter::new),
+        trusted_hops: config.trusted_proxy_hops,
     });
     let (health, routes) = parking_common::grpc::base_routes().await?;
     let mut router = routes.into_axum_router();

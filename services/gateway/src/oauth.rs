@@ -151,7 +151,7 @@ impl TokenEndpoint {
         request: axum::extract::Request,
     ) -> http::Response<AxumBody> {
         let (parts, body) = request.into_parts();
-        if let Err(rejection) = self.guard.limit_addr(&parts.extensions) {
+        if let Err(rejection) = self.guard.limit_addr(&parts.headers, &parts.extensions) {
             return rejection.json();
         }
         if parts.method != http::Method::POST {

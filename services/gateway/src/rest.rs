@@ -574,6 +574,7 @@ mod route_tests {
             ),
             by_addr: None,
             by_subject: None,
+            trusted_hops: 0,
         });
         let rest =
             Rest::new(parking_proto::FILE_DESCRIPTOR_SET, &services, guard, 1024).expect("routes");
