@@ -487,3 +487,27 @@ fn basic(client: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{client}:{secret}"));
     format!("Basic {encoded}")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_grpc_message_is_refused_and_stores_nothing() {
+    let mut c = Cluster::start(Backend::Sqlite).await;
+    let port = c.start_gateway().await;
+    let date = day(5);
+    let mut request = reserve(3117, &date);
+    // Over tonic's 4 MiB message limit.
+    request.request_id = "x".repeat(5 * 1024 * 1024);
+    let err = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+        gateway_as(port, "3117").await,
+    )
+    .reserve_ticket(request)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
+    assert!(snapshot(&c, &date).await.reservations.is_empty());
+}
