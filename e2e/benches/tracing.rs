@@ -14,15 +14,9 @@ use std::sync::Arc;
 const ROUNDS: usize = 4;
 
 async fn cluster(env: &[(&str, String)]) -> Cluster {
-    let mut c = Cluster::prepare(Backend::Sqlite, Default::default()).await;
-    for svc in Svc::ALL {
-        c.set_env(svc, "RUST_LOG", "warn");
-        for (k, v) in env {
-            c.set_env(svc, k, v);
-        }
-        c.start_service(svc).await;
-    }
-    c
+    let mut all = vec![("RUST_LOG", "warn")];
+    all.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    Cluster::start_with_env(Backend::Sqlite, &all).await
 }
 
 #[tokio::main]

@@ -207,6 +207,19 @@ impl Cluster {
         cluster
     }
 
+    /// Starts all four services with extra environment for every one of them (OTEL_*,
+    /// LOG_FORMAT, ...).
+    pub async fn start_with_env(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let mut cluster = Self::prepare(backend, Options::default()).await;
+        for svc in Svc::ALL {
+            for (key, value) in env {
+                cluster.set_env(svc, key, value);
+            }
+            cluster.start_service(svc).await;
+        }
+        cluster
+    }
+
     /// Sets up namespace, ports and databases without starting anything.
     pub async fn prepare(backend: Backend, options: Options) -> Self {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

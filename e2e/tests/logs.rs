@@ -4,22 +4,14 @@
 //! even at debug level.
 #![allow(clippy::unwrap_used)]
 
-use parking_e2e::{
-    day, eventually, login, password_of, reserve, with_token, Backend, Cluster, Svc,
-};
+use parking_e2e::{day, eventually, login, password_of, reserve, with_token, Backend, Cluster};
 use parking_proto::v1 as pb;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_json_with_trace_ids_and_never_hold_a_secret() {
     let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "debug")];
-    let mut c = Cluster::prepare(Backend::Sqlite, Default::default()).await;
-    for svc in Svc::ALL {
-        for (k, v) in json {
-            c.set_env(svc, k, v);
-        }
-        c.start_service(svc).await;
-    }
+    let mut c = Cluster::start_with_env(Backend::Sqlite, &json).await;
     let port = c.start_gateway_with(&json).await;
 
     // Everything secret this test handles.

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use parking_e2e::otlp::{Collector, Span};
-use parking_e2e::{day, eventually, gateway_as, reserve, Backend, Cluster, Svc};
+use parking_e2e::{day, eventually, gateway_as, reserve, Backend, Cluster};
 use parking_proto::v1 as pb;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,13 +30,7 @@ async fn a_reservation_is_one_trace_from_the_gateway_through_jetstream_to_delive
         // Export within 100 ms instead of the default 5 s.
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let mut c = Cluster::prepare(Backend::Sqlite, Default::default()).await;
-    for svc in Svc::ALL {
-        for (k, v) in otel {
-            c.set_env(svc, k, v);
-        }
-        c.start_service(svc).await;
-    }
+    let mut c = Cluster::start_with_env(Backend::Sqlite, &otel).await;
     let gw = c.start_gateway_with(&otel).await;
     let employee = gateway_as(gw, "3117").await;
     let manager = gateway_as(gw, "manager").await;

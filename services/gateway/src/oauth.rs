@@ -38,13 +38,8 @@ struct Form {
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> http::Response<AxumBody> {
-    let mut response = http::Response::new(AxumBody::from(body.to_string()));
-    *response.status_mut() = status;
+    let mut response = crate::rest::json_body(status, body.to_string());
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     // RFC 6749 5.1: token answers are never cached.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -299,15 +294,11 @@ impl TokenEndpoint {
 
 /// `GET /.well-known/jwks.json`.
 pub fn jwks(tokens: &Tokens) -> http::Response<AxumBody> {
-    let mut response = http::Response::new(AxumBody::from(
+    let mut response = crate::rest::json_body(
+        StatusCode::OK,
         serde_json::to_string(tokens.jwks()).unwrap_or_else(|_| "{\"keys\":[]}".into()),
-    ));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
     );
-    headers.insert(
+    response.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );

@@ -415,12 +415,7 @@ fn json_response(message: &DynamicMessage) -> http::Response<AxumBody> {
     if let Err(e) = message.serialize_with_options(&mut serializer, &options) {
         return error_response(&tonic::Status::internal(format!("answer as JSON: {e}")));
     }
-    let mut response = http::Response::new(AxumBody::from(out));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_body(StatusCode::OK, out)
 }
 
 /// Encodes and decodes `DynamicMessage`s for a method known only at run time.
@@ -496,20 +491,14 @@ pub fn error_response(status: &tonic::Status) -> http::Response<AxumBody> {
 
 /// The same shape with an HTTP status of our own (413, 405, ...).
 fn error_json(http: StatusCode, code: tonic::Code, message: &str) -> http::Response<AxumBody> {
-    let name = format!("{code:?}");
     let body = serde_json::json!({
         "error": {
             "code": http.as_u16(),
-            "status": screaming_snake(&name),
+            "status": parking_common::observe::code_name(code),
             "message": message,
         }
     });
-    let mut response = http::Response::new(AxumBody::from(body.to_string()));
-    *response.status_mut() = http;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut response = json_body(http, body.to_string());
     if http == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -519,16 +508,15 @@ fn error_json(http: StatusCode, code: tonic::Code, message: &str) -> http::Respo
     response
 }
 
-/// `NotFound` -> `NOT_FOUND`: the gRPC code's canonical name.
-fn screaming_snake(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+/// A JSON answer with `status` (every JSON the gateway writes goes through here).
+pub fn json_body(status: StatusCode, body: impl Into<AxumBody>) -> http::Response<AxumBody> {
+    let mut response = http::Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 #[cfg(test)]
@@ -537,8 +525,9 @@ mod tests {
 
     #[test]
     fn codes_have_their_canonical_names_and_statuses() {
-        assert_eq!(screaming_snake("NotFound"), "NOT_FOUND");
-        assert_eq!(screaming_snake("ResourceExhausted"), "RESOURCE_EXHAUSTED");
+        let name = parking_common::observe::code_name;
+        assert_eq!(name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(name(tonic::Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
         assert_eq!(
             http_status(tonic::Code::AlreadyExists),
             StatusCode::CONFLICT

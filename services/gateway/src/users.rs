@@ -82,6 +82,27 @@ pub fn hash_secret(secret: &str) -> Result<String, Error> {
         .map_err(|e| Error::Hashing(e.to_string()))
 }
 
+/// Writes `text` to `path` readable by its owner only, replacing the file in one rename
+/// so a reader never sees half of it (accounts, parkingctl's token).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    // A leftover file keeps its old mode when opened: set it again.
+    #[cfg(unix)]
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// A login or client id: a valid token subject without `:` (kept for `client:` subjects).
 fn usable_name(name: &str) -> bool {
     parking_common::identity::valid_name(name) && !name.contains(':')
@@ -147,25 +168,7 @@ impl Accounts {
         let text = format!(
             "# parking-mesh accounts: argon2id hashes only; written by `parkingctl users add`\n{text}"
         );
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = path.with_extension("tmp");
-        {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&tmp).map_err(io)?;
-            // A leftover file keeps its old mode when opened: set it again.
-            #[cfg(unix)]
-            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .map_err(io)?;
-            file.write_all(text.as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        write_private(path, &text).map_err(io)
     }
 
     /// Adds or replaces a user (or a client when `client`).

@@ -9,7 +9,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
-use gateway::users::Accounts;
+use gateway::users::{write_private, Accounts};
 use parking_common::grpc::Bearer;
 use parking_common::identity::Role;
 use parking_proto::v1 as pb;
@@ -190,23 +190,6 @@ fn read_password(from_stdin: bool, prompt: &str) -> Result<String, Refused> {
             .map_err(|e| Refused::Local(format!("reading the password: {e}")))?
     };
     Ok(password)
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    // An existing file keeps its old mode when opened: set it again.
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    file.write_all(text.as_bytes())
 }
 
 /// The password grant against the gateway's `/oauth2/token`, over the same connection
