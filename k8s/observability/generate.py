@@ -106,6 +106,12 @@ def panel(id_, title, targets, x, y, unit="short", w=12, h=8):
     }
 
 
+def row(id_, title, y):
+    # No queries of its own; "targets" stays so every panel has the key.
+    return {"id": id_, "title": title, "type": "row", "collapsed": False,
+            "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": [], "targets": []}
+
+
 def dashboard():
     panels = [
         panel(1, "Calls per second by service", [
@@ -135,6 +141,23 @@ def dashboard():
             ("slo:reserve_ticket_errors:ratio_rate1h", "errors"),
             ("slo:reserve_ticket_slow:ratio_rate1h", "slower than 100 ms"),
             ("slo:status_view_late:ratio_rate1h", "status view later than 1 s")], 0, 32, "percentunit", w=24),
+        # Falling behind: what GET /status summarises (degraded above STATUS_BACKLOG_DEGRADED
+        # events pending or a 5 s old waiting event), over time and per durable.
+        row(10, "Pipeline backlog", 40),
+        panel(11, "Pending events per durable (waiting + unacknowledged)", [
+            ("max by (job, durable) (consumer_pending)", "{{job}}/{{durable}} waiting"),
+            ("max by (job, durable) (consumer_ack_pending)", "{{job}}/{{durable}} unacknowledged")], 0, 41),
+        panel(12, "Outbox backlog per service", [
+            # Replicas share their database, so each reports the same count: max, not sum.
+            ("max by (job) (outbox_backlog)", "{{job}} unsent")], 12, 41),
+        panel(13, "Event lag p50 / p99 per durable", [
+            ('histogram_quantile(0.5, sum by (job, durable, le) (rate(consumer_lag_seconds_bucket[5m])))',
+             "{{job}}/{{durable}} p50"),
+            ('histogram_quantile(0.99, sum by (job, durable, le) (rate(consumer_lag_seconds_bucket[5m])))',
+             "{{job}}/{{durable}} p99")], 0, 49, "s"),
+        panel(14, "Events handled per second per durable, by outcome", [
+            ("sum by (job, durable, outcome) (rate(consumer_events_total[5m]))",
+             "{{job}}/{{durable}} {{outcome}}")], 12, 49, "ops"),
     ]
     return {
         "title": "parking-mesh", "uid": "parking-mesh", "schemaVersion": 39, "version": 1,

@@ -14,7 +14,8 @@
 //! - [`users`]: the accounts file (argon2id hashes).
 //! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
 //! - [`rest`]: REST/JSON from the protos' google.api.http annotations.
-//! - [`status`]: `GET /status`, the health of every backend.
+//! - [`status`]: `GET /status`, the health of every backend and the event pipeline's
+//!   backlog.
 #![forbid(unsafe_code)]
 
 pub mod guard;
@@ -115,6 +116,40 @@ pub struct Config {
     /// empty for none. Tokens travel in headers, never cookies, so "*" is no CSRF risk.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*")]
     pub cors_allowed_origins: String,
+    /// NATS server with JetStream (read by `/status` for the event pipeline's backlog).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Prefix of the services' streams (`<NS>_RESERVATION`, ...), as they are given it.
+    #[arg(long, env = "EVENT_NAMESPACE", default_value = "parking", value_parser = parse_namespace)]
+    pub event_namespace: String,
+    /// `/status` is degraded while a durable consumer has more events than this pending.
+    #[arg(long, env = "STATUS_BACKLOG_DEGRADED", default_value_t = 1000)]
+    pub status_backlog_degraded: u64,
+    /// `/status` is degraded while a durable consumer's oldest waiting event is older than
+    /// this many seconds.
+    #[arg(long, env = "STATUS_BACKLOG_MAX_AGE_SECS", default_value_t = 5.0, value_parser = parse_age)]
+    pub status_backlog_max_age_secs: f64,
+}
+
+/// The services' rule for EVENT_NAMESPACE (services/common's EventArgs).
+fn parse_namespace(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 32
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("use 1 to 32 lower-case letters, digits, '_' or '-'".to_owned())
+    }
+}
+
+fn parse_age(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err("seconds from 0 to 86400".to_owned()),
+    }
 }
 
 /// The gateway could not start or stopped with an error.
@@ -134,6 +169,8 @@ pub enum Error {
     Rest(#[from] rest::Error),
     #[error("CORS_ALLOWED_ORIGINS: {0:?} is not an origin")]
     Origin(String),
+    #[error("NATS_URL: {0}")]
+    Nats(String),
 }
 
 /// A plain channel to a backend's first endpoint (streams and health checks).
@@ -197,7 +234,11 @@ fn cors(origins: &str) -> Result<tower_http::cors::CorsLayer, Error> {
 
 /// Runs the gateway until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    tracing::info!(?config, "starting gateway");
+    let shown = Config {
+        nats_url: parking_common::config::redact_url(&config.nats_url),
+        ..config.clone()
+    };
+    tracing::info!(config = ?shown, "starting gateway");
     let backends = [
         (
             "/parking.v1.TicketReservationService/{*method}",
@@ -293,6 +334,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         router = router.route_service(path, guarded(forward));
     }
     let backends = status::Backends(checked);
+    // The client connects (and reconnects) in the background: /status says degraded
+    // while NATS is away, the gateway itself never waits for it.
+    let js = parking_common::nats::connect(&config.nats_url, "gateway")
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
+    let pipeline = Arc::new(status::PipelineWatch::new(
+        js,
+        &config.event_namespace,
+        status::Thresholds {
+            pending: config.status_backlog_degraded,
+            oldest_age: Duration::from_secs_f64(config.status_backlog_max_age_secs),
+        },
+    ));
     let rest = Arc::new(rest::Rest::new(
         parking_proto::FILE_DESCRIPTOR_SET,
         &by_service,
@@ -308,7 +362,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     router = router
         .route(
             "/status",
-            axum::routing::get(move || status::report(backends.clone())),
+            axum::routing::get(move || pipeline.clone().report(backends.clone())),
         )
         .route(
             "/oauth2/token",
