@@ -13,7 +13,11 @@ pub struct EventArgs {
     /// see each other's events. Lower-case letters, digits, '_' and '-'.
     #[arg(long, env = "EVENT_NAMESPACE", default_value = "parking", value_parser = parse_namespace)]
     pub event_namespace: String,
-    /// Messages one replica handles at once per consumer.
+    /// Most events one replica handles in one transaction per consumer.
+    #[arg(long, env = "CONSUMER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub consumer_batch: u16,
+    /// Most calls to other services a policy has in flight at once (ParkingLot's
+    /// CancelDelivery), per consumer.
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 8)]
     pub consumer_concurrency: usize,
 }

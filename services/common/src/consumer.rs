@@ -1,24 +1,35 @@
 //! Durable pull consumers, one per (context, policy). Replicas of a service bind the same
 //! durable, so JetStream hands each event to exactly one of them (the consumer-group
 //! behaviour the seed got from Kafka). A consumer that was down resumes where its durable
-//! stopped. Handlers must be idempotent (see [`crate::inbox`]): delivery is at least once.
+//! stopped. Delivery is at least once: the [`Runner`] records every event in the inbox in
+//! the same transaction as its effects, so a redelivered event changes nothing.
+//!
+//! Events are handled in batches (what JetStream has ready, up to a bound): one
+//! transaction and one commit per batch, acknowledgements sent without awaiting a reply.
+//! A policy only says what a batch of events changes ([`Policy`]); the runner owns the
+//! unit of work around it.
 
 use crate::events::{self, EventContext};
+use crate::inbox;
+use crate::outbox::Outbox;
 use crate::pb::{event_envelope::Payload, EventEnvelope};
+use crate::unit::UnitOfWork;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use sea_orm::DatabaseConnection;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// One decoded event as a handler sees it.
+/// One decoded event as a policy sees it.
 #[derive(Debug, Clone)]
 pub struct Event {
     /// The envelope (its payload moved to `payload`).
@@ -26,6 +37,9 @@ pub struct Event {
     pub payload: Payload,
     /// How many times JetStream has delivered this message (1 the first time).
     pub delivered: u64,
+    /// The consume span of this event: events it causes are published under it, so one
+    /// application stays one trace even when its events are handled in a batch.
+    pub span: tracing::Span,
 }
 
 impl Event {
@@ -33,9 +47,15 @@ impl Event {
     pub fn name(&self) -> &'static str {
         events::describe(&self.payload).0
     }
+
+    /// A new event caused by this one, correlated by `reservation_id`, in this event's trace.
+    pub fn follow_up(&self, reservation_id: i64, payload: Payload) -> EventEnvelope {
+        self.span
+            .in_scope(|| events::envelope(reservation_id, payload))
+    }
 }
 
-/// Why a handler did not finish an event; it is redelivered later either way.
+/// Why a policy did not finish an event; it is redelivered later either way.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     /// A dependency said "not now" (circuit open, delivery down): retry after `delay`.
@@ -55,11 +75,62 @@ impl From<sea_orm::DbErr> for HandleError {
     }
 }
 
-/// A policy reacting to events.
+/// A policy reacting to events: what a batch of events changes, in the unit of work the
+/// runner opened (whose inbox rows it already wrote). The events are new to this consumer
+/// and in stream order. Nothing else: no transaction, inbox, commit or relay to handle.
 #[async_trait::async_trait]
-pub trait EventHandler: Send + Sync + 'static {
-    /// Handles one event. `Ok` acknowledges it; an error has it redelivered.
-    async fn handle(&self, event: &Event) -> Result<(), HandleError>;
+pub trait Policy: Send + Sync + 'static {
+    /// Applies `events`. An error rolls back the whole batch (which is then retried one
+    /// event at a time); say which event is at fault by failing alone.
+    async fn apply(&self, work: &mut UnitOfWork, events: &[&Event]) -> Result<(), HandleError>;
+
+    /// After the commit of applied events (e.g. to tell watchers).
+    fn applied(&self, _events: &[&Event]) {}
+}
+
+/// A policy that must call another service before it may change anything (ParkingLot's
+/// vacate calls CancelDelivery). `check` runs per event outside any transaction (a slow
+/// call must not hold the database's locks); what it found reaches `apply`.
+#[async_trait::async_trait]
+pub trait CallingPolicy: Send + Sync + 'static {
+    /// What `check` found out about one event.
+    type Checked: Send + Sync;
+
+    /// Runs before the transaction; an error settles this event alone (deferred, poison,
+    /// failed) and leaves the rest of the batch to go on.
+    async fn check(&self, event: &Event) -> Result<Self::Checked, HandleError>;
+
+    /// As [`Policy::apply`], with what `check` found for each event.
+    async fn apply(
+        &self,
+        work: &mut UnitOfWork,
+        batch: &[(&Event, &Self::Checked)],
+    ) -> Result<(), HandleError>;
+
+    /// As [`Policy::applied`].
+    fn applied(&self, _events: &[&Event]) {}
+}
+
+#[async_trait::async_trait]
+impl<P: Policy> CallingPolicy for P {
+    type Checked = ();
+
+    async fn check(&self, _event: &Event) -> Result<(), HandleError> {
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        work: &mut UnitOfWork,
+        batch: &[(&Event, &())],
+    ) -> Result<(), HandleError> {
+        let events: Vec<&Event> = batch.iter().map(|(event, _)| *event).collect();
+        Policy::apply(self, work, &events).await
+    }
+
+    fn applied(&self, events: &[&Event]) {
+        Policy::applied(self, events)
+    }
 }
 
 /// Checks the day an event carries; an event breaking the contract is poison.
@@ -86,8 +157,6 @@ pub fn backoff(delivered: u64) -> Duration {
     Duration::from_millis(200u64 << exp).min(Duration::from_secs(30))
 }
 
-/// Runs a policy until `shutdown`: declares stream and durable, then handles messages,
-/// up to `concurrency` at once. In-flight messages finish before it returns.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurableLabels {
     durable: String,
@@ -207,71 +276,240 @@ pub async fn sample(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn run<H: EventHandler>(
-    js: jetstream::Context,
-    namespace: String,
-    subscription: Subscription,
-    handler: Arc<H>,
-    concurrency: usize,
-    metrics: ConsumerMetrics,
-    shutdown: CancellationToken,
-) {
-    let mut failures = 0u32;
-    while !shutdown.is_cancelled() {
-        match bind(&js, &namespace, &subscription).await {
-            // Pull small batches: a prefetched message waits for a handler while its
-            // ack_wait runs, and a long wait would have JetStream redeliver it meanwhile.
-            Ok(consumer) => match consumer
-                .stream()
-                .max_messages_per_batch(concurrency.max(1) * 2)
-                .messages()
-                .await
-            {
-                Ok(messages) => {
-                    failures = 0;
-                    tracing::info!(durable = %subscription.durable, "consuming");
-                    // Errors in a row mean the stream or the durable is gone (a NATS that
-                    // lost its state): end this pull and bind again.
-                    let mut errors_in_a_row = 0u32;
-                    messages
-                        .take_until(shutdown.cancelled())
-                        .take_while(move |m| {
-                            errors_in_a_row = if m.is_err() { errors_in_a_row + 1 } else { 0 };
-                            futures::future::ready(errors_in_a_row < 5)
-                        })
-                        .for_each_concurrent(concurrency.max(1), |message| {
-                            let handler = handler.clone();
-                            let durable = subscription.durable.as_str();
-                            let metrics = &metrics;
-                            async move {
-                                match message {
-                                    Ok(message) => {
-                                        handle_one(&*handler, durable, metrics, message).await
-                                    }
-                                    Err(error) => tracing::warn!(%error, durable, "pull failed"),
+/// Runs one policy on its durable consumer until shutdown, a batch at a time.
+///
+/// A batch is what JetStream has ready, up to `batch` messages: its events are checked
+/// (calls to other services, outside any transaction), then applied in one unit of work
+/// whose first statement records them in the inbox, committed once, then acknowledged
+/// without a round trip per message. If the batch fails as a whole, each event is tried
+/// alone, so one poison or deferred event never holds the rest hostage. Batches follow
+/// each other, and events are applied in stream order, so the events of one reservation
+/// keep their order within a replica.
+pub struct Runner<P> {
+    pub js: jetstream::Context,
+    pub namespace: String,
+    pub subscription: Subscription,
+    pub policy: Arc<P>,
+    /// The service's database and outbox: every batch is one [`UnitOfWork`] on them.
+    pub db: DatabaseConnection,
+    pub outbox: Outbox,
+    /// Most events handled in one transaction.
+    pub batch: usize,
+    /// Most checks (calls to other services) in flight at once.
+    pub concurrency: usize,
+    pub metrics: ConsumerMetrics,
+}
+
+impl<P: CallingPolicy> Runner<P> {
+    /// Binds the durable (again after errors) and handles batches until `shutdown`; the
+    /// batch in hand is finished and acknowledged before it returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let durable = self.subscription.durable.clone();
+        let batch = self.batch.max(1);
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match bind(&self.js, &self.namespace, &self.subscription).await {
+                Ok(consumer) => match consumer
+                    .stream()
+                    .max_messages_per_batch(batch)
+                    .messages()
+                    .await
+                {
+                    Ok(mut messages) => {
+                        failures = 0;
+                        tracing::info!(%durable, batch, "consuming");
+                        // Errors in a row mean the stream or the durable is gone (a NATS
+                        // that lost its state): end this pull and bind again.
+                        let mut errors_in_a_row = 0u32;
+                        while errors_in_a_row < 5 {
+                            let first = tokio::select! {
+                                next = messages.next() => next,
+                                _ = shutdown.cancelled() => break,
+                            };
+                            let Some(first) = first else { break };
+                            let mut taken = vec![first];
+                            // Whatever else is already here joins the batch; nothing waits.
+                            while taken.len() < batch {
+                                match messages.next().now_or_never() {
+                                    Some(Some(next)) => taken.push(next),
+                                    _ => break,
                                 }
                             }
-                        })
-                        .await;
-                    if shutdown.is_cancelled() {
-                        break;
+                            let mut ready = Vec::with_capacity(taken.len());
+                            for message in taken {
+                                match message {
+                                    Ok(message) => {
+                                        errors_in_a_row = 0;
+                                        ready.push(message);
+                                    }
+                                    Err(error) => {
+                                        errors_in_a_row += 1;
+                                        tracing::warn!(%error, %durable, "pull failed");
+                                    }
+                                }
+                            }
+                            if !ready.is_empty() {
+                                self.handle_batch(ready).await;
+                            }
+                        }
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        tracing::warn!(%durable, "pull kept failing; binding again");
                     }
-                    tracing::warn!(durable = %subscription.durable, "pull kept failing; binding again");
-                }
-                Err(error) => {
-                    tracing::warn!(%error, durable = %subscription.durable, "cannot pull")
-                }
-            },
-            Err(error) => {
-                tracing::warn!(%error, durable = %subscription.durable, "cannot bind consumer")
+                    Err(error) => tracing::warn!(%error, %durable, "cannot pull"),
+                },
+                Err(error) => tracing::warn!(%error, %durable, "cannot bind consumer"),
+            }
+            failures = failures.saturating_add(1);
+            let delay = Duration::from_millis(200 << failures.min(5));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {}
             }
         }
-        failures = failures.saturating_add(1);
-        let delay = Duration::from_millis(200 << failures.min(5));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {}
+    }
+
+    /// Decodes, checks, applies and acknowledges one batch of messages.
+    async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        let durable = self.subscription.durable.as_str();
+        let mut batch: Vec<(jetstream::Message, Event)> = Vec::with_capacity(messages.len());
+        let mut repeats = Vec::new();
+        let mut seen = HashSet::with_capacity(messages.len());
+        for message in messages {
+            match decode(&message, durable) {
+                Ok(event) if seen.insert(event.envelope.event_id.clone()) => {
+                    batch.push((message, event))
+                }
+                // The same event twice in one batch (redelivered meanwhile): once is enough.
+                Ok(_) => repeats.push(message),
+                Err(error) => {
+                    // Redelivering a message nobody can read helps no one: stop it, loudly.
+                    tracing::error!(%error, subject = %message.subject, durable, "undecodable event dropped");
+                    ack(&message, AckKind::Term).await;
+                    self.metrics.handled(durable, "poison");
+                }
+            }
+        }
+        let checks: Vec<_> = batch
+            .iter()
+            .map(|(_, event)| self.policy.check(event).instrument(event.span.clone()))
+            .collect();
+        let checks = futures::stream::iter(checks)
+            .buffered(self.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        let mut ready = Vec::with_capacity(batch.len());
+        for ((message, event), checked) in batch.into_iter().zip(checks) {
+            match checked {
+                Ok(checked) => ready.push((message, event, checked)),
+                Err(error) => self.settle(&message, &event, Err(error)).await,
+            }
+        }
+        if ready.is_empty() {
+        } else if ready.len() == 1 {
+            let outcome = self.apply(&ready).await;
+            let (message, event, _) = &ready[0];
+            self.settle(message, event, outcome).await;
+        } else {
+            match self.apply(&ready).await {
+                Ok(()) => {
+                    for (message, event, _) in &ready {
+                        self.settle(message, event, Ok(())).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, durable, events = ready.len(), "batch failed; handling its events one by one");
+                    for one in ready.chunks(1) {
+                        let outcome = self.apply(one).await;
+                        self.settle(&one[0].0, &one[0].1, outcome).await;
+                    }
+                }
+            }
+        }
+        for message in repeats {
+            ack(&message, AckKind::Ack).await;
+        }
+    }
+
+    /// One unit of work for `batch`: inbox rows first, then the policy's effects on the
+    /// events not applied before, one commit.
+    async fn apply(
+        &self,
+        batch: &[(jetstream::Message, Event, P::Checked)],
+    ) -> Result<(), HandleError> {
+        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
+        let ids: Vec<&str> = batch
+            .iter()
+            .map(|(_, event, _)| event.envelope.event_id.as_str())
+            .collect();
+        let fresh = inbox::record_new(work.db(), &self.subscription.durable, &ids).await?;
+        let new: Vec<(&Event, &P::Checked)> = batch
+            .iter()
+            .filter(|(_, event, _)| fresh.contains(&event.envelope.event_id))
+            .map(|(_, event, checked)| (event, checked))
+            .collect();
+        if new.is_empty() {
+            work.rollback().await?;
+            return Ok(());
+        }
+        if let Err(error) = self.policy.apply(&mut work, &new).await {
+            work.rollback().await?;
+            return Err(error);
+        }
+        work.commit().await?;
+        let events: Vec<&Event> = new.into_iter().map(|(event, _)| event).collect();
+        self.policy.applied(&events);
+        Ok(())
+    }
+
+    /// Acknowledges (or not) one event by its outcome and counts it.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        event: &Event,
+        outcome: Result<(), HandleError>,
+    ) {
+        let durable = self.subscription.durable.as_str();
+        let _entered = event.span.enter();
+        match outcome {
+            Ok(()) => {
+                ack(message, AckKind::Ack).await;
+                self.metrics.handled(durable, "done");
+                // First deliveries only: a redelivery the inbox already applied says
+                // nothing about how late the view is.
+                if let Some(at) = event
+                    .envelope
+                    .occurred_at
+                    .as_ref()
+                    .filter(|_| event.delivered == 1)
+                {
+                    let occurred = at.seconds as f64 + f64::from(at.nanos) / 1e9;
+                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+                    self.metrics
+                        .lag
+                        .get_or_create(&DurableLabels {
+                            durable: durable.to_owned(),
+                        })
+                        .observe((now - occurred).max(0.0));
+                }
+            }
+            Err(HandleError::Later { delay, reason }) => {
+                tracing::info!(?delay, %reason, "deferred");
+                ack(message, AckKind::Nak(Some(delay))).await;
+                self.metrics.handled(durable, "deferred");
+            }
+            Err(HandleError::Poison(reason)) => {
+                tracing::error!(%reason, "event refused for good");
+                ack(message, AckKind::Term).await;
+                self.metrics.handled(durable, "poison");
+            }
+            Err(HandleError::Failed(error)) => {
+                let delay = backoff(event.delivered);
+                tracing::warn!(%error, ?delay, "handler failed, will retry");
+                ack(message, AckKind::Nak(Some(delay))).await;
+                self.metrics.handled(durable, "failed");
+            }
         }
     }
 }
@@ -302,44 +540,26 @@ async fn bind(
     Ok(consumer)
 }
 
-async fn handle_one<H: EventHandler + ?Sized>(
-    handler: &H,
-    durable: &str,
-    metrics: &ConsumerMetrics,
-    message: jetstream::Message,
-) {
+/// Decodes a message into an event with its consume span: a child of (and linked to) the
+/// publish span whose context came in the headers, or of the envelope's own context when a
+/// message has none (published before tracing existed).
+fn decode(message: &jetstream::Message, durable: &str) -> Result<Event, events::DecodeError> {
     let delivered = message
         .info()
         .map(|i| i.delivered.max(1) as u64)
         .unwrap_or(1);
-    let (envelope, payload) = match events::decode(&message.payload) {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            // Redelivering a message nobody can read helps no one: stop it, loudly.
-            tracing::error!(%error, subject = %message.subject, durable, "undecodable event dropped");
-            ack(&message, AckKind::Term).await;
-            metrics.handled(durable, "poison");
-            return;
-        }
-    };
-    let event = Event {
-        envelope,
-        payload,
-        delivered,
-    };
+    let (envelope, payload) = events::decode(&message.payload)?;
     let span = tracing::info_span!(
         "consume",
         otel.name = %format!("{} process", message.subject),
         otel.kind = "consumer",
         messaging.system = "nats",
         messaging.consumer.group.name = durable,
-        event = event.name(),
-        event_id = %event.envelope.event_id,
-        correlation_id = %event.envelope.correlation_id,
+        event = events::describe(&payload).0,
+        event_id = %envelope.event_id,
+        correlation_id = %envelope.correlation_id,
         delivered
     );
-    // Child of (and linked to) the publish span whose context came in the headers; the
-    // envelope's own context when a message has none (published before tracing existed).
     let header = |name: &str| {
         message
             .headers
@@ -349,64 +569,25 @@ async fn handle_one<H: EventHandler + ?Sized>(
             .unwrap_or_default()
     };
     let (traceparent, tracestate) = match header("traceparent") {
-        tp if tp.is_empty() => (
-            event.envelope.traceparent.clone(),
-            event.envelope.tracestate.clone(),
-        ),
+        tp if tp.is_empty() => (envelope.traceparent.clone(), envelope.tracestate.clone()),
         tp => (tp, header("tracestate")),
     };
     crate::propagation::adopt(
         &span,
         crate::propagation::from_pair(&traceparent, &tracestate),
     );
-    async {
-        match handler.handle(&event).await {
-            Ok(()) => {
-                ack(&message, AckKind::Ack).await;
-                metrics.handled(durable, "done");
-                // First deliveries only: a redelivery the inbox already applied says
-                // nothing about how late the view is.
-                if let Some(at) = event
-                    .envelope
-                    .occurred_at
-                    .as_ref()
-                    .filter(|_| delivered == 1)
-                {
-                    let occurred = at.seconds as f64 + f64::from(at.nanos) / 1e9;
-                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                    metrics
-                        .lag
-                        .get_or_create(&DurableLabels {
-                            durable: durable.to_owned(),
-                        })
-                        .observe((now - occurred).max(0.0));
-                }
-            }
-            Err(HandleError::Later { delay, reason }) => {
-                tracing::info!(?delay, %reason, "deferred");
-                ack(&message, AckKind::Nak(Some(delay))).await;
-                metrics.handled(durable, "deferred");
-            }
-            Err(HandleError::Poison(reason)) => {
-                tracing::error!(%reason, "event refused for good");
-                ack(&message, AckKind::Term).await;
-                metrics.handled(durable, "poison");
-            }
-            Err(HandleError::Failed(error)) => {
-                let delay = backoff(delivered);
-                tracing::warn!(%error, ?delay, "handler failed, will retry");
-                ack(&message, AckKind::Nak(Some(delay))).await;
-                metrics.handled(durable, "failed");
-            }
-        }
-    }
-    .instrument(span)
-    .await
+    Ok(Event {
+        envelope,
+        payload,
+        delivered,
+        span,
+    })
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {
+    // A publish to the message's reply subject, not awaited by the server: the message
+    // comes back after ack_wait if it is lost, and the inbox makes that harmless.
     if let Err(error) = message.ack_with(kind).await {
-        // The message comes back after ack_wait; the inbox makes that harmless.
         tracing::warn!(%error, ?kind, "acknowledgement not sent");
     }
 }

@@ -3,8 +3,9 @@
 //! its id and changes nothing.
 
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ConnectionTrait};
+use sea_orm::sea_query::{OnConflict, Query};
+use sea_orm::ConnectionTrait;
+use std::collections::HashSet;
 
 /// A processed event id, per consumer (one event may feed several policies of one service).
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -22,28 +23,41 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Records `event_id` as processed by `consumer`. Returns false when it was already
-/// recorded: the caller must then roll back and acknowledge without any effect.
+/// Records `event_ids` as processed by `consumer`, in one statement, and returns those
+/// that were not recorded before: only their effects may be applied. The rest were
+/// applied by an earlier delivery (JetStream is at least once) and change nothing.
 ///
-/// Call it first in the transaction: it is a write, so SQLite takes its write lock before
-/// any read, and PostgreSQL serialises two replicas racing on the same event here.
-pub async fn first_time<C: ConnectionTrait>(
+/// The runner calls it first in the unit of work: it is a write, so SQLite takes its write
+/// lock before any read, and PostgreSQL serialises two replicas racing on one event here
+/// (the second waits for the first's commit, then finds the id taken).
+pub async fn record_new<C: ConnectionTrait>(
     db: &C,
     consumer: &str,
-    event_id: &str,
-) -> Result<bool, DbErr> {
-    let row = ActiveModel {
-        consumer: Set(consumer.to_owned()),
-        event_id: Set(event_id.to_owned()),
-        processed_at: Set(chrono::Utc::now()),
-    };
-    let inserted = Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([Column::Consumer, Column::EventId])
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db)
-        .await?;
-    Ok(inserted == 1)
+    event_ids: &[&str],
+) -> Result<HashSet<String>, DbErr> {
+    let mut fresh = HashSet::with_capacity(event_ids.len());
+    let now = chrono::Utc::now();
+    // Bounded statements: PostgreSQL takes at most 65,535 parameters (3 per row).
+    for chunk in event_ids.chunks(1000) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(Entity)
+            .columns([Column::Consumer, Column::EventId, Column::ProcessedAt])
+            .on_conflict(
+                OnConflict::columns([Column::Consumer, Column::EventId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning_col(Column::EventId);
+        for id in chunk {
+            insert
+                .values([consumer.into(), (*id).into(), now.into()])
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+        }
+        let backend = db.get_database_backend();
+        for row in db.query_all(backend.build(&insert)).await? {
+            fresh.insert(row.try_get::<String>("", "event_id")?);
+        }
+    }
+    Ok(fresh)
 }

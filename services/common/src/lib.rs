@@ -8,7 +8,8 @@
 //! - [`identity`]: the caller the gateway verified, and what each role may do.
 //! - [`inbox`]: processed-event ids, written in the same transaction as a handler's effect.
 //! - [`nats`]: connecting to JetStream and declaring streams.
-//! - [`consumer`]: durable pull consumers shared by replicas, with retry back-off.
+//! - [`consumer`]: durable pull consumers shared by replicas, handling events in batches.
+//! - [`unit`]: the unit of work: one transaction, its staged events, commit wakes the relay.
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`calendar`]: calendar days in the car park's time zone and the booking window.
 //! - [`metrics`]: the Prometheus registry served at /metrics.
@@ -37,5 +38,6 @@ pub mod propagation;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod unit;
 
 pub use parking_proto::v1 as pb;

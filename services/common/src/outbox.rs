@@ -1,6 +1,6 @@
-//! The transactional outbox. A use case writes its aggregate change and its event row in
-//! one database transaction ([`Outbox::stage`]); after commit it wakes the [`Relay`]
-//! ([`Outbox::committed`]), which publishes unsent rows to JetStream with
+//! The transactional outbox. A use case writes its aggregate change and its event rows in
+//! one database transaction (a [`crate::unit::UnitOfWork`] stages them and writes them at
+//! commit); the commit wakes the [`Relay`], which publishes unsent rows to JetStream with
 //! `Nats-Msg-Id = event_id` and marks them sent. A crash between commit and publish loses
 //! nothing: the row is still unsent at restart. A crash between publish and marking
 //! re-publishes, and JetStream drops the duplicate by its message id.
@@ -106,35 +106,49 @@ impl Outbox {
         &self.namespace
     }
 
-    /// Writes the event row; call inside the use case's transaction.
-    pub async fn stage<C: ConnectionTrait>(
+    /// Writes the rows of `envelopes` in one statement; the unit of work calls it inside
+    /// its transaction, just before commit.
+    pub(crate) async fn write<C: ConnectionTrait>(
         &self,
         db: &C,
-        envelope: &EventEnvelope,
+        envelopes: &[EventEnvelope],
     ) -> Result<(), DbErr> {
-        let Some(payload) = envelope.payload.as_ref() else {
-            return Err(DbErr::Custom(
-                "an event without payload cannot be staged".into(),
-            ));
-        };
-        let (name, context) = events::describe(payload);
-        let row = ActiveModel {
-            id: NotSet,
-            event_id: Set(envelope.event_id.clone()),
-            subject: Set(context.subject(&self.namespace, name)),
-            payload: Set(envelope.encode_to_vec()),
-            traceparent: Set(
-                (!envelope.traceparent.is_empty()).then(|| envelope.traceparent.clone())
-            ),
-            created_at: Set(chrono::Utc::now()),
-            sent_at: Set(None),
-        };
-        Entity::insert(row).exec_without_returning(db).await?;
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let now = chrono::Utc::now();
+        let mut rows = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let Some(payload) = envelope.payload.as_ref() else {
+                return Err(DbErr::Custom(format!(
+                    "event {} has no payload and cannot be published",
+                    envelope.event_id
+                )));
+            };
+            let (name, context) = events::describe(payload);
+            rows.push(ActiveModel {
+                id: NotSet,
+                event_id: Set(envelope.event_id.clone()),
+                subject: Set(context.subject(&self.namespace, name)),
+                payload: Set(envelope.encode_to_vec()),
+                traceparent: Set(
+                    (!envelope.traceparent.is_empty()).then(|| envelope.traceparent.clone())
+                ),
+                created_at: Set(now),
+                sent_at: Set(None),
+            });
+        }
+        // Bounded statements: PostgreSQL takes at most 65,535 parameters (7 per row).
+        for chunk in rows.chunks(1000) {
+            Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(db)
+                .await?;
+        }
         Ok(())
     }
 
-    /// Tells the relay that staged rows were committed.
-    pub fn committed(&self) {
+    /// Tells the relay that rows were committed.
+    pub(crate) fn committed(&self) {
         self.committed.notify_one();
     }
 

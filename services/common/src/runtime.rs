@@ -3,7 +3,7 @@
 //! policies beside the gRPC server, and stop them all with one token.
 
 use crate::config::{redact_url, EventArgs};
-use crate::consumer::{self, EventHandler, Subscription};
+use crate::consumer::{self, CallingPolicy, Subscription};
 use crate::events::EventContext;
 use crate::outbox::Outbox;
 use crate::{db, grpc, nats};
@@ -58,6 +58,9 @@ pub struct Host {
     relay: Option<(tokio::task::JoinHandle<()>, CancellationToken)>,
     shutdown: CancellationToken,
     namespace: String,
+    /// Most events per transaction, per consumer.
+    batch: usize,
+    /// Most calls to other services in flight, per consumer.
     concurrency: usize,
 }
 
@@ -103,6 +106,7 @@ impl Host {
             relay: None,
             shutdown,
             namespace: at.events.event_namespace.clone(),
+            batch: usize::from(at.events.consumer_batch),
             concurrency: at.events.consumer_concurrency,
         })
     }
@@ -119,8 +123,8 @@ impl Host {
         self.relay = Some((tokio::spawn(relay.run(stop.clone())), stop));
     }
 
-    /// Runs an event policy on its durable consumer.
-    pub fn follow<H: EventHandler>(&mut self, subscription: Subscription, handler: Arc<H>) {
+    /// Runs an event policy on its durable consumer, in batches on this host's database.
+    pub fn follow<P: CallingPolicy>(&mut self, subscription: Subscription, policy: Arc<P>) {
         self.tasks.spawn(consumer::sample(
             self.js.clone(),
             self.namespace.clone(),
@@ -128,15 +132,18 @@ impl Host {
             self.consumer_metrics.clone(),
             self.shutdown.clone(),
         ));
-        self.tasks.spawn(consumer::run(
-            self.js.clone(),
-            self.namespace.clone(),
+        let runner = consumer::Runner {
+            js: self.js.clone(),
+            namespace: self.namespace.clone(),
             subscription,
-            handler,
-            self.concurrency,
-            self.consumer_metrics.clone(),
-            self.shutdown.clone(),
-        ));
+            policy,
+            db: self.db.clone(),
+            outbox: self.outbox.clone(),
+            batch: self.batch,
+            concurrency: self.concurrency,
+            metrics: self.consumer_metrics.clone(),
+        };
+        self.tasks.spawn(runner.run(self.shutdown.clone()));
     }
 
     /// Runs a task of the service beside the server; it gets the shutdown token and is

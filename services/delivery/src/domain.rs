@@ -47,6 +47,9 @@ pub fn ship(state: DeliveryState) -> Ship {
     }
 }
 
+/// States ShipTicket moves to SHIPPED (the ones [`ship`] answers `Now` for).
+pub const SHIPPABLE: [DeliveryState; 1] = [DeliveryState::Requested];
+
 /// States CancelDelivery moves to CANCELED (and publishes DeliveryCanceled); a shipped
 /// ticket is cancelled too: the member no longer has a space for it.
 pub const CANCELLABLE: [DeliveryState; 2] = [DeliveryState::Requested, DeliveryState::Shipped];
@@ -60,6 +63,13 @@ mod tests {
         assert_eq!(ship(DeliveryState::Requested), Ship::Now);
         assert_eq!(ship(DeliveryState::Shipped), Ship::Already);
         assert_eq!(ship(DeliveryState::Canceled), Ship::Refused);
+        for s in [
+            DeliveryState::Requested,
+            DeliveryState::Shipped,
+            DeliveryState::Canceled,
+        ] {
+            assert_eq!(SHIPPABLE.contains(&s), ship(s) == Ship::Now, "{s:?}");
+        }
     }
 
     #[test]

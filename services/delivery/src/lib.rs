@@ -62,9 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     host.relay(EventContext::Delivery);
     host.follow(
         policy::RequestDelivery::subscription(),
-        Arc::new(policy::RequestDelivery {
-            store: store.clone(),
-        }),
+        Arc::new(policy::RequestDelivery),
     );
     host.serve(TicketDeliveryServiceServer::new(api::Api { store }))
         .await

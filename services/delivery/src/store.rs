@@ -1,18 +1,16 @@
 //! The storage port of TicketDelivery and its sea-orm adapter.
 
-use crate::domain::{ship, DeliveryState, Ship, CANCELLABLE};
-use parking_common::consumer::HandleError;
+use crate::domain::{ship, DeliveryState, Ship, CANCELLABLE, SHIPPABLE};
 use parking_common::events::envelope;
-use parking_common::inbox;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
 use parking_common::pb::event_envelope::Payload;
-use parking_common::pb::{DeliveryCanceled, DeliveryRequested, Shipped};
+use parking_common::pb::{DeliveryCanceled, Shipped};
+use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, DatabaseTransaction, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 
 mod entity {
@@ -134,62 +132,74 @@ impl Store {
             .transpose()
     }
 
-    /// On Occupied: puts an order on the manager's list, once; a cancellation recorded
-    /// earlier keeps it off.
-    pub async fn request(
-        &self,
-        consumer: &str,
-        event_id: &str,
-        order: &Order,
-    ) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, consumer, event_id).await? {
-            txn.rollback().await?;
-            return Ok(());
-        }
-        if !Self::insert_once(&txn, order, DeliveryState::Requested).await? {
-            tracing::info!(
-                reservation_id = order.reservation_id,
-                "order exists or was cancelled first; nothing to request"
+    /// On Occupied: puts orders on the manager's list in one statement, each once; an
+    /// order (or a cancellation recorded earlier) already there keeps its place. Returns the
+    /// orders inserted with their delivery ids.
+    pub async fn request_all<'a>(
+        work: &UnitOfWork,
+        orders: &[&'a Order],
+    ) -> Result<Vec<(&'a Order, i64)>, DbErr> {
+        let now = chrono::Utc::now();
+        let mut placed = Vec::with_capacity(orders.len());
+        // Bounded statements: PostgreSQL takes at most 65,535 parameters (7 per row).
+        for chunk in orders.chunks(1000) {
+            let mut insert = Query::insert();
+            insert
+                .into_table(Entity)
+                .columns([
+                    Column::ReservationId,
+                    Column::MemberId,
+                    Column::ReservationDate,
+                    Column::SpaceNumber,
+                    Column::State,
+                    Column::CreatedAt,
+                    Column::UpdatedAt,
+                ])
+                .on_conflict(
+                    OnConflict::column(Column::ReservationId)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .returning(Query::returning().columns([Column::Id, Column::ReservationId]));
+            for order in chunk {
+                insert
+                    .values([
+                        order.reservation_id.into(),
+                        order.member_id.into(),
+                        order.reservation_date.clone().into(),
+                        order.space_number.into(),
+                        DeliveryState::Requested.as_str().into(),
+                        now.into(),
+                        now.into(),
+                    ])
+                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+            }
+            let backend = work.backend();
+            let mut ids = std::collections::HashMap::new();
+            for row in work.db().query_all(backend.build(&insert)).await? {
+                let id: i64 = row.try_get("", "id")?;
+                let reservation_id: i64 = row.try_get("", "reservation_id")?;
+                ids.insert(reservation_id, id);
+            }
+            placed.extend(
+                chunk
+                    .iter()
+                    .filter_map(|order| ids.get(&order.reservation_id).map(|id| (*order, *id))),
             );
-            txn.commit().await?;
-            return Ok(());
         }
-        let row = Self::by_reservation(&txn, order.reservation_id)
-            .await?
-            .ok_or_else(|| {
-                DbErr::RecordNotFound(format!("delivery of reservation {}", order.reservation_id))
-            })?;
-        let event = envelope(
-            order.reservation_id,
-            Payload::DeliveryRequested(DeliveryRequested {
-                reservation_id: order.reservation_id,
-                delivery_id: row.id,
-                member_id: order.member_id,
-                reservation_date: order.reservation_date.clone(),
-                space_number: order.space_number,
-            }),
-        );
-        self.outbox.stage(&txn, &event).await?;
-        txn.commit().await?;
-        self.outbox.committed();
-        tracing::info!(
-            reservation_id = order.reservation_id,
-            delivery_id = row.id,
-            "delivery requested"
-        );
-        Ok(())
+        Ok(placed)
     }
 
     /// Cancels a reservation's delivery; idempotent. Without an order yet, records the
     /// cancellation so a late Occupied creates none.
     pub async fn cancel(&self, reservation_id: i64) -> Result<TicketDelivery, DbErr> {
-        let txn = self.db.begin().await?;
-        let mut changed = Self::mark_canceled(&txn, reservation_id).await?;
+        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
+        let txn = work.db();
+        let mut changed = Self::mark_canceled(txn, reservation_id).await?;
         let mut recorded = false;
         if !changed {
             recorded = Self::insert_once(
-                &txn,
+                txn,
                 &Order {
                     reservation_id,
                     member_id: 0,
@@ -202,10 +212,10 @@ impl Store {
             if !recorded {
                 // The insert met an order committed after our first UPDATE looked (PostgreSQL
                 // READ COMMITTED: it waited for that insert); cancel it now that it is visible.
-                changed = Self::mark_canceled(&txn, reservation_id).await?;
+                changed = Self::mark_canceled(txn, reservation_id).await?;
             }
         }
-        let row = Self::by_reservation(&txn, reservation_id)
+        let row = Self::by_reservation(txn, reservation_id)
             .await?
             .ok_or_else(|| {
                 DbErr::RecordNotFound(format!("delivery of reservation {reservation_id}"))
@@ -217,18 +227,16 @@ impl Store {
             )));
         }
         if changed || recorded {
-            let event = envelope(
+            work.stage(envelope(
                 reservation_id,
                 Payload::DeliveryCanceled(DeliveryCanceled {
                     reservation_id,
                     delivery_id: row.id,
                 }),
-            );
-            self.outbox.stage(&txn, &event).await?;
+            ));
         }
-        txn.commit().await?;
+        work.commit().await?;
         if changed || recorded {
-            self.outbox.committed();
             tracing::info!(
                 reservation_id,
                 delivery_id = row.id,
@@ -254,32 +262,31 @@ impl Store {
 
     /// The manager hands the ticket over.
     pub async fn ship(&self, delivery_id: i64) -> Result<Shipping, DbErr> {
-        let txn = self.db.begin().await?;
+        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
+        // The conditional update is the guard: two managers shipping at once, one wins.
         let shipped = Entity::update_many()
             .col_expr(Column::State, Expr::value(DeliveryState::Shipped.as_str()))
             .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
             .filter(Column::Id.eq(delivery_id))
-            .filter(Column::State.eq(DeliveryState::Requested.as_str()))
-            .exec(&txn)
+            .filter(Column::State.is_in(SHIPPABLE.map(|s| s.as_str())))
+            .exec(work.db())
             .await?
             .rows_affected
             == 1;
-        let Some(row) = Entity::find_by_id(delivery_id).one(&txn).await? else {
-            txn.rollback().await?;
+        let Some(row) = Entity::find_by_id(delivery_id).one(work.db()).await? else {
+            work.rollback().await?;
             return Ok(Shipping::NotFound);
         };
         let row = to_domain(row)?;
         if shipped {
-            let event = envelope(
+            work.stage(envelope(
                 row.reservation_id,
                 Payload::Shipped(Shipped {
                     reservation_id: row.reservation_id,
                     delivery_id,
                 }),
-            );
-            self.outbox.stage(&txn, &event).await?;
-            txn.commit().await?;
-            self.outbox.committed();
+            ));
+            work.commit().await?;
             tracing::info!(
                 delivery_id,
                 reservation_id = row.reservation_id,
@@ -287,7 +294,7 @@ impl Store {
             );
             return Ok(Shipping::Done(row));
         }
-        txn.rollback().await?;
+        work.rollback().await?;
         Ok(match ship(row.state) {
             Ship::Refused => Shipping::Refused(row),
             Ship::Now | Ship::Already => Shipping::Done(row),

@@ -48,6 +48,7 @@ pub enum OnCancel {
 }
 
 /// Decides what a cancellation does, given the allocation (if any) of the reservation.
+/// Asked before the transaction, to know whether delivery must be called.
 pub fn on_cancel(allocation: Option<AllocationState>) -> OnCancel {
     match allocation {
         Some(AllocationState::Occupied) => OnCancel::CancelDeliveryThenVacate,
@@ -56,9 +57,79 @@ pub fn on_cancel(allocation: Option<AllocationState>) -> OnCancel {
     }
 }
 
-/// The lowest space number in 1..=capacity not in `taken`.
-pub fn lowest_free_space(taken: &[i32], capacity: i32) -> Option<i32> {
-    (1..=capacity).find(|n| !taken.contains(n))
+/// What a cancellation does inside the transaction, after delivery was (or was not) called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vacating {
+    /// Delivery confirmed: free the space, publish Vacated.
+    Vacate,
+    /// Still nothing allocated: record the cancellation.
+    RecordEarlyCancel,
+    /// Nothing held: nothing to do.
+    Nothing,
+    /// A space was taken after delivery was (not) called: decide again later, from the start.
+    AllocatedMeanwhile,
+}
+
+/// Decides a cancellation against the allocation as the transaction sees it. A space is
+/// freed only when delivery confirmed the cancellation.
+pub fn on_cancel_confirmed(
+    allocation: Option<AllocationState>,
+    delivery_canceled: bool,
+) -> Vacating {
+    match (on_cancel(allocation), delivery_canceled) {
+        (OnCancel::CancelDeliveryThenVacate, true) => Vacating::Vacate,
+        (OnCancel::CancelDeliveryThenVacate, false) => Vacating::AllocatedMeanwhile,
+        (OnCancel::RecordEarlyCancel, _) => Vacating::RecordEarlyCancel,
+        (OnCancel::Nothing, _) => Vacating::Nothing,
+    }
+}
+
+/// A day as allocation sees it, read under the day's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotDay {
+    /// Spaces the day has (the admin's override or MAX_PARKING).
+    pub capacity: i32,
+    /// Spaces held now (the day's counter).
+    pub occupied: i32,
+    /// The highest space number held now (0 when none).
+    pub highest_held: i32,
+    /// Free space numbers below `highest_held` (freed by cancellations), ascending. Every
+    /// number below the highest held one was handed out once (spaces go lowest first), so
+    /// a gap is always a space that was vacated and not taken again.
+    pub gaps: Vec<i32>,
+}
+
+impl LotDay {
+    /// True when some space below the highest held one is free: only then are the gaps
+    /// worth reading.
+    pub fn has_gaps(occupied: i32, highest_held: i32) -> bool {
+        highest_held > occupied
+    }
+}
+
+/// ParkingLot's answer to one application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocated {
+    /// A space was taken: the lowest one free.
+    Occupied { space: i32 },
+    /// The day was full.
+    FullyOccupied,
+}
+
+/// Decides `applications` for one day in their order: each takes the lowest free space in
+/// 1..=capacity while the day is under capacity, the rest are FullyOccupied. The quota
+/// holds whatever the input: never more Occupied than `capacity - occupied`.
+pub fn allocate(day: &LotDay, applications: usize) -> Vec<Allocated> {
+    let room = usize::try_from((day.capacity - day.occupied).max(0)).unwrap_or(0);
+    let gaps = day.gaps.iter().copied().filter(|s| *s >= 1);
+    let above = (day.highest_held.max(0) + 1)..;
+    let mut free = gaps.chain(above).take_while(|space| *space <= day.capacity);
+    (0..applications)
+        .map(|i| match (i < room).then(|| free.next()).flatten() {
+            Some(space) => Allocated::Occupied { space },
+            None => Allocated::FullyOccupied,
+        })
+        .collect()
 }
 
 /// Spaces still free.
@@ -95,14 +166,84 @@ mod tests {
         }
     }
 
+    /// The day as the store reads it when `held` are the spaces taken.
+    fn day(capacity: i32, held: &[i32]) -> LotDay {
+        let highest_held = held.iter().copied().max().unwrap_or(0);
+        LotDay {
+            capacity,
+            occupied: held.len() as i32,
+            highest_held,
+            gaps: (1..highest_held).filter(|s| !held.contains(s)).collect(),
+        }
+    }
+
+    fn spaces(decisions: &[Allocated]) -> Vec<Option<i32>> {
+        decisions
+            .iter()
+            .map(|d| match d {
+                Allocated::Occupied { space } => Some(*space),
+                Allocated::FullyOccupied => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn spaces_are_reused_lowest_first() {
-        assert_eq!(lowest_free_space(&[], 5), Some(1));
-        assert_eq!(lowest_free_space(&[1, 2, 4], 5), Some(3));
-        assert_eq!(lowest_free_space(&[1, 2, 3], 3), None);
-        assert_eq!(lowest_free_space(&[], 0), None);
+    fn spaces_are_taken_lowest_first() {
+        assert_eq!(spaces(&allocate(&day(5, &[]), 2)), [Some(1), Some(2)]);
+        assert_eq!(
+            spaces(&allocate(&day(5, &[1, 2, 4]), 3)),
+            [Some(3), Some(5), None]
+        );
+        assert_eq!(spaces(&allocate(&day(3, &[1, 2, 3]), 1)), [None]);
+        assert_eq!(spaces(&allocate(&day(0, &[]), 2)), [None, None]);
         // A space above a lowered capacity does not block the ones below it.
-        assert_eq!(lowest_free_space(&[1, 5], 3), Some(2));
+        assert_eq!(spaces(&allocate(&day(3, &[1, 5]), 2)), [Some(2), None]);
+        assert_eq!(
+            spaces(&allocate(&day(4, &[1, 5]), 3)),
+            [Some(2), Some(3), None]
+        );
+    }
+
+    #[test]
+    fn the_quota_holds_for_any_day() {
+        // Every held set and capacity up to 7, every batch size up to 9: never more than
+        // the room, never a held or out-of-range space, never twice the same, lowest first.
+        for capacity in 0..=7 {
+            for mask in 0u32..(1 << 7) {
+                let held: Vec<i32> = (1..=7).filter(|s| mask & (1 << (s - 1)) != 0).collect();
+                if held.len() as i32 > capacity.max(0) {
+                    continue;
+                }
+                for n in 0..=9 {
+                    let got: Vec<i32> = spaces(&allocate(&day(capacity, &held), n))
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    let expected: Vec<i32> = (1..=capacity)
+                        .filter(|s| !held.contains(s))
+                        .take(n.min((capacity - held.len() as i32).max(0) as usize))
+                        .collect();
+                    assert_eq!(got, expected, "capacity {capacity} held {held:?} n {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cancellation_frees_only_after_delivery() {
+        use AllocationState::*;
+        assert_eq!(on_cancel_confirmed(Some(Occupied), true), Vacating::Vacate);
+        assert_eq!(
+            on_cancel_confirmed(Some(Occupied), false),
+            Vacating::AllocatedMeanwhile
+        );
+        assert_eq!(
+            on_cancel_confirmed(None, false),
+            Vacating::RecordEarlyCancel
+        );
+        for s in [FullyOccupied, Vacated, CanceledBeforeAllocation] {
+            assert_eq!(on_cancel_confirmed(Some(s), true), Vacating::Nothing);
+        }
     }
 
     #[test]

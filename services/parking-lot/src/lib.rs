@@ -110,7 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
     mesh_metrics.register(&mut host.registry);
-    let store = store::Store::new(host.db.clone(), host.outbox.clone(), config.max_parking);
+    let store = store::Store::new(host.db.clone(), config.max_parking);
     host.relay(EventContext::ParkingLot);
     host.follow(
         policy::Allocate::subscription(),

@@ -1,22 +1,19 @@
 //! The storage port of ParkingLot and its sea-orm adapter.
 //!
-//! The daily quota is enforced by one conditional update of the day's counter
-//! (`occupied = occupied + 1 WHERE occupied < capacity`), never by count-then-insert. In
-//! PostgreSQL the update row-locks the day, so every allocation of that day is serialised
-//! for the rest of its transaction (which is also what makes picking the lowest free space
-//! number safe); in SQLite the transaction holds the database's write lock.
+//! Applications are allocated a batch at a time: the batch's days are locked (PostgreSQL:
+//! `SELECT .. FOR UPDATE` in date order, so replicas never wait on each other in a cycle;
+//! SQLite: the unit of work holds the database's write lock), read (capacity, counter,
+//! highest space held and the gaps below it), decided by the domain, and written back with
+//! one conditional update per day (`occupied = occupied + n WHERE occupied + n <=
+//! capacity`, never count-then-insert) and one insert of every allocation. The partial
+//! unique index on (day, space) of OCCUPIED allocations is the second guard.
 
-use crate::domain::{lowest_free_space, AllocationState};
-use parking_common::consumer::HandleError;
-use parking_common::db::is_unique_violation;
-use parking_common::events::envelope;
-use parking_common::inbox;
-use parking_common::outbox::Outbox;
-use parking_common::pb::event_envelope::Payload;
-use parking_common::pb::{FullyOccupied, Occupied, Vacated};
+use crate::domain::{allocate, Allocated, AllocationState, LotDay};
+use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
-use sea_orm::sea_query::{Func, OnConflict};
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, QuerySelect, TransactionTrait};
+use sea_orm::sea_query::{Func, OnConflict, Query};
+use sea_orm::{ActiveValue::Set, DbBackend, QueryOrder, QuerySelect, TransactionTrait};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub mod quota {
     use sea_orm::entity::prelude::*;
@@ -74,6 +71,9 @@ pub struct Day {
 pub struct Allocation {
     pub id: i64,
     pub state: AllocationState,
+    pub member_id: i64,
+    pub date: String,
+    pub space_number: Option<i32>,
 }
 
 /// Result of setting a day's capacity.
@@ -87,16 +87,14 @@ pub enum CapacitySet {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
-    outbox: Outbox,
     /// MAX_PARKING: capacity of a day without an override.
     default_capacity: i32,
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection, outbox: Outbox, default_capacity: i32) -> Self {
+    pub fn new(db: DatabaseConnection, default_capacity: i32) -> Self {
         Self {
             db,
-            outbox,
             default_capacity,
         }
     }
@@ -110,12 +108,13 @@ impl Store {
         .into()
     }
 
-    async fn ensure_day<C: ConnectionTrait>(&self, db: &C, date: &str) -> Result<(), DbErr> {
-        quota::Entity::insert(quota::ActiveModel {
-            date: Set(date.to_owned()),
+    /// Creates the quota rows of `dates` that do not exist yet (default capacity, none taken).
+    async fn ensure_days<C: ConnectionTrait>(db: &C, dates: &[String]) -> Result<(), DbErr> {
+        quota::Entity::insert_many(dates.iter().map(|date| quota::ActiveModel {
+            date: Set(date.clone()),
             capacity: Set(None),
             occupied: Set(0),
-        })
+        }))
         .on_conflict(
             OnConflict::column(quota::Column::Date)
                 .do_nothing()
@@ -164,7 +163,7 @@ impl Store {
     /// Sets a day's capacity unless more spaces are already taken.
     pub async fn set_capacity(&self, date: &str, capacity: i32) -> Result<CapacitySet, DbErr> {
         let txn = self.db.begin().await?;
-        self.ensure_day(&txn, date).await?;
+        Self::ensure_days(&txn, &[date.to_owned()]).await?;
         let updated = quota::Entity::update_many()
             .col_expr(quota::Column::Capacity, Expr::value(capacity))
             .filter(quota::Column::Date.eq(date))
@@ -180,140 +179,284 @@ impl Store {
         })
     }
 
-    /// On TicketReserved: takes a space if the day is under capacity (Occupied), else
-    /// FullyOccupied. Once per event; a reservation cancelled first takes nothing.
+    /// On TicketReserved, for a batch: each application not decided before takes the
+    /// lowest free space of its day while the day is under capacity, else is FullyOccupied.
+    /// A reservation cancelled first (or decided by an earlier delivery) takes nothing.
+    /// Returns the decisions in the applications' order.
     pub async fn allocate(
         &self,
-        consumer: &str,
-        event_id: &str,
-        reservation_id: i64,
-        member_id: i64,
-        date: &str,
-    ) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, consumer, event_id).await? {
-            txn.rollback().await?;
-            return Ok(());
-        }
-        let existing = allocation::Entity::find()
-            .filter(allocation::Column::ReservationId.eq(reservation_id))
-            .one(&txn)
-            .await?;
-        if let Some(existing) = existing {
-            tracing::info!(reservation_id, state = %existing.state, "already decided; nothing to allocate");
-            txn.commit().await?;
-            return Ok(());
-        }
-        self.ensure_day(&txn, date).await?;
-        let took = quota::Entity::update_many()
-            .col_expr(
-                quota::Column::Occupied,
-                Expr::col(quota::Column::Occupied).add(1),
-            )
-            .filter(quota::Column::Date.eq(date))
-            .filter(Expr::col(quota::Column::Occupied).lt(self.capacity_expr()))
-            .exec(&txn)
-            .await?
-            .rows_affected
-            == 1;
-        let now = chrono::Utc::now();
-        let day = quota::Entity::find_by_id(date.to_owned())
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(format!("quota row of {date}")))?;
-        let capacity = day.capacity.unwrap_or(self.default_capacity);
-        let (state, space) = if took {
-            let taken: Vec<Option<i32>> = allocation::Entity::find()
+        work: &UnitOfWork,
+        applications: &[Application],
+    ) -> Result<Vec<Decision>, DbErr> {
+        let db = work.db();
+        let ids: Vec<i64> = applications.iter().map(|a| a.reservation_id).collect();
+        let mut decided: HashSet<i64> = HashSet::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<i64> = allocation::Entity::find()
                 .select_only()
-                .column(allocation::Column::SpaceNumber)
-                .filter(allocation::Column::ReservationDate.eq(date))
-                .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
+                .column(allocation::Column::ReservationId)
+                .filter(allocation::Column::ReservationId.is_in(chunk.to_vec()))
                 .into_tuple()
-                .all(&txn)
+                .all(db)
                 .await?;
-            let taken: Vec<i32> = taken.into_iter().flatten().collect();
-            let space = lowest_free_space(&taken, capacity).ok_or_else(|| {
-                DbErr::Custom(format!(
-                    "counter says a space is free on {date} but none is"
-                ))
-            })?;
-            (AllocationState::Occupied, Some(space))
-        } else {
-            (AllocationState::FullyOccupied, None)
-        };
-        let inserted = allocation::Entity::insert(allocation::ActiveModel {
-            id: NotSet,
-            reservation_id: Set(reservation_id),
-            member_id: Set(member_id),
-            reservation_date: Set(date.to_owned()),
-            space_number: Set(space),
-            state: Set(state.as_str().to_owned()),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .exec(&txn)
-        .await?;
-        let parking_lot_id = inserted.last_insert_id;
-        let payload = match space {
-            Some(space_number) => Payload::Occupied(Occupied {
-                reservation_id,
-                member_id,
-                reservation_date: date.to_owned(),
-                parking_lot_id,
-                space_number,
-            }),
-            None => Payload::FullyOccupied(FullyOccupied {
-                reservation_id,
-                member_id,
-                reservation_date: date.to_owned(),
-                capacity,
-            }),
-        };
-        self.outbox
-            .stage(&txn, &envelope(reservation_id, payload))
+            decided.extend(rows);
+        }
+        // Per day, in date order (the lock order), the applications still to decide.
+        let mut by_day: BTreeMap<&str, Vec<&Application>> = BTreeMap::new();
+        for application in applications {
+            if decided.insert(application.reservation_id) {
+                by_day
+                    .entry(application.date.as_str())
+                    .or_default()
+                    .push(application);
+            } else {
+                tracing::info!(
+                    reservation_id = application.reservation_id,
+                    "already decided; nothing to allocate"
+                );
+            }
+        }
+        if by_day.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dates: Vec<String> = by_day.keys().map(|d| (*d).to_owned()).collect();
+        let days = self.lock_days(work, &dates).await?;
+        let now = chrono::Utc::now();
+        let mut decisions = Vec::with_capacity(applications.len());
+        for (date, waiting) in &by_day {
+            let day = days
+                .get(*date)
+                .ok_or_else(|| DbErr::RecordNotFound(format!("quota row of {date}")))?;
+            let answers = allocate(day, waiting.len());
+            let taken = answers
+                .iter()
+                .filter(|a| matches!(a, Allocated::Occupied { .. }))
+                .count() as i32;
+            if taken > 0 {
+                // The counter's own guard: the domain's answer must fit the capacity in force.
+                let updated = quota::Entity::update_many()
+                    .col_expr(
+                        quota::Column::Occupied,
+                        Expr::col(quota::Column::Occupied).add(taken),
+                    )
+                    .filter(quota::Column::Date.eq(*date))
+                    .filter(
+                        Expr::expr(Expr::col(quota::Column::Occupied).add(taken))
+                            .lte(self.capacity_expr()),
+                    )
+                    .exec(db)
+                    .await?;
+                if updated.rows_affected != 1 {
+                    return Err(DbErr::Custom(format!(
+                        "{taken} spaces do not fit the capacity of {date} any more"
+                    )));
+                }
+            }
+            for (application, answer) in waiting.iter().zip(answers) {
+                decisions.push(Decision {
+                    application: (*application).clone(),
+                    parking_lot_id: 0,
+                    capacity: day.capacity,
+                    answer,
+                });
+            }
+        }
+        let ids = self.insert_allocations(work, &decisions, now).await?;
+        for decision in &mut decisions {
+            decision.parking_lot_id = ids
+                .get(&decision.application.reservation_id)
+                .copied()
+                .ok_or_else(|| {
+                    DbErr::RecordNotFound(format!(
+                        "allocation of reservation {}",
+                        decision.application.reservation_id
+                    ))
+                })?;
+        }
+        Ok(decisions)
+    }
+
+    /// Creates the days' quota rows if needed and reads them under lock, with the highest
+    /// space held and, where there are any, the gaps below it.
+    async fn lock_days(
+        &self,
+        work: &UnitOfWork,
+        dates: &[String],
+    ) -> Result<HashMap<String, LotDay>, DbErr> {
+        let db = work.db();
+        Self::ensure_days(db, dates).await?;
+        let mut query = quota::Entity::find()
+            .filter(quota::Column::Date.is_in(dates.to_vec()))
+            .order_by_asc(quota::Column::Date);
+        if work.backend() == DbBackend::Postgres {
+            query = query.lock_exclusive();
+        }
+        let rows = query.all(db).await?;
+        let highest: Vec<(String, Option<i32>)> = allocation::Entity::find()
+            .select_only()
+            .column(allocation::Column::ReservationDate)
+            .column_as(allocation::Column::SpaceNumber.max(), "highest")
+            .filter(allocation::Column::ReservationDate.is_in(dates.to_vec()))
+            .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
+            .group_by(allocation::Column::ReservationDate)
+            .into_tuple()
+            .all(db)
             .await?;
-        txn.commit().await?;
-        self.outbox.committed();
-        tracing::info!(reservation_id, date, ?space, "application decided");
-        Ok(())
+        let highest: HashMap<String, i32> = highest
+            .into_iter()
+            .map(|(date, h)| (date, h.unwrap_or(0)))
+            .collect();
+        let mut days = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let highest_held = highest.get(&row.date).copied().unwrap_or(0);
+            let capacity = row.capacity.unwrap_or(self.default_capacity);
+            let gaps = if LotDay::has_gaps(row.occupied, highest_held) && row.occupied < capacity {
+                self.gaps(work, &row.date, highest_held.min(capacity + 1))
+                    .await?
+            } else {
+                Vec::new()
+            };
+            days.insert(
+                row.date,
+                LotDay {
+                    capacity,
+                    occupied: row.occupied,
+                    highest_held,
+                    gaps,
+                },
+            );
+        }
+        Ok(days)
+    }
+
+    /// Free spaces of a day below `below`: vacated and not taken again (the partial unique
+    /// index on held spaces answers the NOT EXISTS).
+    async fn gaps(&self, work: &UnitOfWork, date: &str, below: i32) -> Result<Vec<i32>, DbErr> {
+        let held = AllocationState::Occupied.as_str();
+        let vacated = AllocationState::Vacated.as_str();
+        let backend = work.backend();
+        let sql = match backend {
+            DbBackend::Postgres => {
+                "SELECT DISTINCT v.space_number FROM allocations v \
+                 WHERE v.reservation_date = $1 AND v.state = $2 AND v.space_number < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM allocations o WHERE o.reservation_date = $1 \
+                 AND o.state = $4 AND o.space_number = v.space_number) ORDER BY 1"
+            }
+            _ => {
+                "SELECT DISTINCT v.space_number FROM allocations v \
+                 WHERE v.reservation_date = ?1 AND v.state = ?2 AND v.space_number < ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM allocations o WHERE o.reservation_date = ?1 \
+                 AND o.state = ?4 AND o.space_number = v.space_number) ORDER BY 1"
+            }
+        };
+        let statement = sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [date.into(), vacated.into(), below.into(), held.into()],
+        );
+        work.db()
+            .query_all(statement)
+            .await?
+            .into_iter()
+            .map(|row| row.try_get_by_index::<i32>(0))
+            .collect()
+    }
+
+    /// Inserts the batch's allocations in one statement per chunk; their ids by reservation.
+    async fn insert_allocations(
+        &self,
+        work: &UnitOfWork,
+        decisions: &[Decision],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<HashMap<i64, i64>, DbErr> {
+        let mut ids = HashMap::with_capacity(decisions.len());
+        for chunk in decisions.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = Query::insert();
+            insert
+                .into_table(allocation::Entity)
+                .columns([
+                    allocation::Column::ReservationId,
+                    allocation::Column::MemberId,
+                    allocation::Column::ReservationDate,
+                    allocation::Column::SpaceNumber,
+                    allocation::Column::State,
+                    allocation::Column::CreatedAt,
+                    allocation::Column::UpdatedAt,
+                ])
+                .returning(
+                    Query::returning()
+                        .columns([allocation::Column::Id, allocation::Column::ReservationId]),
+                );
+            for d in chunk {
+                let (space, state) = match d.answer {
+                    Allocated::Occupied { space } => (Some(space), AllocationState::Occupied),
+                    Allocated::FullyOccupied => (None, AllocationState::FullyOccupied),
+                };
+                insert
+                    .values([
+                        d.application.reservation_id.into(),
+                        d.application.member_id.into(),
+                        d.application.date.clone().into(),
+                        space.into(),
+                        state.as_str().into(),
+                        now.into(),
+                        now.into(),
+                    ])
+                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+            }
+            let backend = work.backend();
+            for row in work.db().query_all(backend.build(&insert)).await? {
+                let id: i64 = row.try_get("", "id")?;
+                let reservation_id: i64 = row.try_get("", "reservation_id")?;
+                ids.insert(reservation_id, id);
+            }
+        }
+        Ok(ids)
     }
 
     /// The allocation of a reservation, if any.
     pub async fn allocation(&self, reservation_id: i64) -> Result<Option<Allocation>, DbErr> {
+        Self::allocation_in(&self.db, reservation_id).await
+    }
+
+    /// The allocation of a reservation as `db` (a transaction, say) sees it.
+    pub async fn allocation_in<C: ConnectionTrait>(
+        db: &C,
+        reservation_id: i64,
+    ) -> Result<Option<Allocation>, DbErr> {
         let row = allocation::Entity::find()
             .filter(allocation::Column::ReservationId.eq(reservation_id))
-            .one(&self.db)
+            .one(db)
             .await?;
         row.map(|r| {
-            AllocationState::parse(&r.state)
-                .map(|state| Allocation { id: r.id, state })
-                .ok_or_else(|| {
-                    DbErr::Custom(format!(
-                        "allocation {} has unknown state {:?}",
-                        r.id, r.state
-                    ))
-                })
+            let state = AllocationState::parse(&r.state).ok_or_else(|| {
+                DbErr::Custom(format!(
+                    "allocation {} has unknown state {:?}",
+                    r.id, r.state
+                ))
+            })?;
+            Ok(Allocation {
+                id: r.id,
+                state,
+                member_id: r.member_id,
+                date: r.reservation_date,
+                space_number: r.space_number,
+            })
         })
         .transpose()
     }
 
-    /// Remembers a cancellation that came before its application.
+    /// Remembers a cancellation that came before its application; false when the
+    /// application was decided meanwhile.
     pub async fn record_early_cancel(
-        &self,
-        consumer: &str,
-        event_id: &str,
+        work: &UnitOfWork,
         reservation_id: i64,
         member_id: i64,
         date: &str,
-    ) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, consumer, event_id).await? {
-            txn.rollback().await?;
-            return Ok(());
-        }
+    ) -> Result<bool, DbErr> {
         let now = chrono::Utc::now();
         let inserted = allocation::Entity::insert(allocation::ActiveModel {
-            id: NotSet,
+            id: sea_orm::ActiveValue::NotSet,
             reservation_id: Set(reservation_id),
             member_id: Set(member_id),
             reservation_date: Set(date.to_owned()),
@@ -324,82 +467,69 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         })
-        .exec_without_returning(&txn)
-        .await;
-        match inserted {
-            Ok(_) => {
-                txn.commit().await?;
-                tracing::info!(reservation_id, "cancellation recorded before allocation");
-                Ok(())
-            }
-            // The application was decided meanwhile: redeliver and decide again.
-            Err(err) if is_unique_violation(&err) => Err(HandleError::Later {
-                delay: std::time::Duration::from_millis(100),
-                reason: format!("reservation {reservation_id} was allocated meanwhile"),
-            }),
-            Err(err) => Err(err.into()),
-        }
+        .on_conflict(
+            OnConflict::column(allocation::Column::ReservationId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(work.db())
+        .await?;
+        Ok(inserted == 1)
     }
 
-    /// Frees the space of a reservation whose delivery was cancelled, once.
-    pub async fn vacate(
-        &self,
-        consumer: &str,
-        event_id: &str,
-        reservation_id: i64,
-    ) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, consumer, event_id).await? {
-            txn.rollback().await?;
-            return Ok(());
-        }
-        let now = chrono::Utc::now();
+    /// Frees the space held by `allocation` and gives it back to its day; false when it
+    /// was no longer held.
+    pub async fn vacate(work: &UnitOfWork, allocation: &Allocation) -> Result<bool, DbErr> {
+        let db = work.db();
         let freed = allocation::Entity::update_many()
             .col_expr(
                 allocation::Column::State,
                 Expr::value(AllocationState::Vacated.as_str()),
             )
-            .col_expr(allocation::Column::UpdatedAt, Expr::value(now))
-            .filter(allocation::Column::ReservationId.eq(reservation_id))
+            .col_expr(
+                allocation::Column::UpdatedAt,
+                Expr::value(chrono::Utc::now()),
+            )
+            .filter(allocation::Column::Id.eq(allocation.id))
             .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
-            .exec(&txn)
+            .exec(db)
             .await?
             .rows_affected
             == 1;
         if freed {
-            let row = allocation::Entity::find()
-                .filter(allocation::Column::ReservationId.eq(reservation_id))
-                .one(&txn)
-                .await?
-                .ok_or_else(|| {
-                    DbErr::RecordNotFound(format!("allocation of reservation {reservation_id}"))
-                })?;
             quota::Entity::update_many()
                 .col_expr(
                     quota::Column::Occupied,
                     Expr::col(quota::Column::Occupied).sub(1),
                 )
-                .filter(quota::Column::Date.eq(row.reservation_date.as_str()))
+                .filter(quota::Column::Date.eq(allocation.date.as_str()))
                 .filter(quota::Column::Occupied.gt(0))
-                .exec(&txn)
+                .exec(db)
                 .await?;
-            let event = envelope(
-                reservation_id,
-                Payload::Vacated(Vacated {
-                    reservation_id,
-                    member_id: row.member_id,
-                    reservation_date: row.reservation_date.clone(),
-                    parking_lot_id: row.id,
-                    space_number: row.space_number.unwrap_or_default(),
-                }),
-            );
-            self.outbox.stage(&txn, &event).await?;
-            tracing::info!(reservation_id, space = ?row.space_number, "space vacated");
         }
-        txn.commit().await?;
-        if freed {
-            self.outbox.committed();
-        }
-        Ok(())
+        Ok(freed)
     }
+}
+
+/// Rows per statement: PostgreSQL takes at most 65,535 parameters (7 per row).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// An application to decide (from TicketReserved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    pub reservation_id: i64,
+    pub member_id: i64,
+    /// "YYYY-MM-DD", checked.
+    pub date: String,
+}
+
+/// What allocation decided for one application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub application: Application,
+    /// The allocation's id (the seed's ParkingLot id).
+    pub parking_lot_id: i64,
+    /// The day's capacity when it was decided.
+    pub capacity: i32,
+    pub answer: Allocated,
 }

@@ -66,12 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
     let store = store::Store::new(host.db.clone(), host.outbox.clone());
     host.relay(EventContext::Reservation);
-    host.follow(
-        policy::Settle::subscription(),
-        Arc::new(policy::Settle {
-            store: store.clone(),
-        }),
-    );
+    host.follow(policy::Settle::subscription(), Arc::new(policy::Settle));
     let api = api::Api {
         store,
         calendar: config.calendar.calendar(),

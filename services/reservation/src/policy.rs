@@ -3,17 +3,16 @@
 
 use crate::domain::Settlement;
 use crate::store::Store;
-use parking_common::consumer::{Event, EventHandler, HandleError, Subscription};
+use parking_common::consumer::{Event, HandleError, Policy, Subscription};
 use parking_common::events::EventContext;
 use parking_common::pb::event_envelope::Payload;
+use parking_common::unit::UnitOfWork;
 
 /// Durable name of the settle policy on the PARKINGLOT stream.
 pub const SETTLE: &str = "reservation-settle";
 
 /// Follows every ParkingLot event and settles on Occupied / FullyOccupied.
-pub struct Settle {
-    pub store: Store,
-}
+pub struct Settle;
 
 impl Settle {
     pub fn subscription() -> Subscription {
@@ -28,15 +27,16 @@ impl Settle {
 }
 
 #[async_trait::async_trait]
-impl EventHandler for Settle {
-    async fn handle(&self, event: &Event) -> Result<(), HandleError> {
-        let (id, answer) = match &event.payload {
-            Payload::Occupied(e) => (e.reservation_id, Settlement::Occupied),
-            Payload::FullyOccupied(e) => (e.reservation_id, Settlement::FullyOccupied),
-            _ => return Ok(()),
-        };
-        self.store
-            .settle(SETTLE, &event.envelope.event_id, id, answer)
-            .await
+impl Policy for Settle {
+    async fn apply(&self, work: &mut UnitOfWork, events: &[&Event]) -> Result<(), HandleError> {
+        let answers: Vec<(i64, Settlement)> = events
+            .iter()
+            .filter_map(|event| match &event.payload {
+                Payload::Occupied(e) => Some((e.reservation_id, Settlement::Occupied)),
+                Payload::FullyOccupied(e) => Some((e.reservation_id, Settlement::FullyOccupied)),
+                _ => None,
+            })
+            .collect();
+        Ok(Store::settle(work, &answers).await?)
     }
 }

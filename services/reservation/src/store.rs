@@ -1,19 +1,18 @@
 //! The storage port of TicketReservation and its sea-orm adapter. Each write use case is
-//! one transaction holding the aggregate change and its outbox event.
+//! one unit of work holding the aggregate change and its event.
 
 use crate::domain::{settle, Application, ReservationState, Settlement};
 use chrono::NaiveDate;
 use parking_common::calendar::{format_day, parse_day};
-use parking_common::consumer::HandleError;
 use parking_common::db::is_unique_violation;
 use parking_common::events::envelope;
-use parking_common::inbox;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{TicketReservationCanceled, TicketReserved};
+use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, QueryOrder, QuerySelect};
 
 /// A stored reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +102,7 @@ impl Store {
     /// Stores a REQUESTED application and its TicketReserved, or tells why not.
     pub async fn reserve(&self, app: &Application) -> Result<Reserved, DbErr> {
         let now = chrono::Utc::now();
-        let txn = self.db.begin().await?;
+        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
         let inserted = Entity::insert(ActiveModel {
             id: NotSet,
             member_id: Set(app.member_id),
@@ -113,12 +112,12 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         })
-        .exec(&txn)
+        .exec(work.db())
         .await;
         let id = match inserted {
             Ok(r) => r.last_insert_id,
             Err(err) if is_unique_violation(&err) => {
-                txn.rollback().await?;
+                work.rollback().await?;
                 return self.explain_conflict(app).await;
             }
             Err(err) => return Err(err),
@@ -130,17 +129,15 @@ impl Store {
             state: ReservationState::Requested,
             request_id: app.request_id.clone(),
         };
-        let event = envelope(
+        work.stage(envelope(
             id,
             Payload::TicketReserved(TicketReserved {
                 reservation_id: id,
                 member_id: app.member_id,
                 reservation_date: format_day(app.date),
             }),
-        );
-        self.outbox.stage(&txn, &event).await?;
-        txn.commit().await?;
-        self.outbox.committed();
+        ));
+        work.commit().await?;
         Ok(Reserved::New(reservation))
     }
 
@@ -166,7 +163,7 @@ impl Store {
 
     /// Cancels and stages TicketReservationCanceled, atomically.
     pub async fn cancel(&self, id: i64) -> Result<Cancelled, DbErr> {
-        let txn = self.db.begin().await?;
+        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
         // The conditional update is the guard: two concurrent cancels, one wins.
         let updated = Entity::update_many()
             .col_expr(
@@ -176,32 +173,30 @@ impl Store {
             .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
             .filter(Column::Id.eq(id))
             .filter(Column::State.is_in(ReservationState::CANCELLABLE.map(|s| s.as_str())))
-            .exec(&txn)
+            .exec(work.db())
             .await?;
         if updated.rows_affected == 0 {
-            txn.rollback().await?;
+            work.rollback().await?;
             return Ok(match self.get(id).await? {
                 Some(_) => Cancelled::AlreadyCanceled,
                 None => Cancelled::NotFound,
             });
         }
-        let Some(row) = Entity::find_by_id(id).one(&txn).await? else {
+        let Some(row) = Entity::find_by_id(id).one(work.db()).await? else {
             return Err(DbErr::RecordNotFound(format!(
                 "reservation {id} vanished in its transaction"
             )));
         };
         let reservation = to_domain(row)?;
-        let event = envelope(
+        work.stage(envelope(
             id,
             Payload::TicketReservationCanceled(TicketReservationCanceled {
                 reservation_id: id,
                 member_id: reservation.member_id,
                 reservation_date: format_day(reservation.date),
             }),
-        );
-        self.outbox.stage(&txn, &event).await?;
-        txn.commit().await?;
-        self.outbox.committed();
+        ));
+        work.commit().await?;
         Ok(Cancelled::Now(reservation))
     }
 
@@ -233,38 +228,39 @@ impl Store {
             .collect()
     }
 
-    /// Applies ParkingLot's answer once per event id.
-    pub async fn settle(
-        &self,
-        consumer: &str,
-        event_id: &str,
-        id: i64,
-        answer: Settlement,
-    ) -> Result<(), HandleError> {
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, consumer, event_id).await? {
-            txn.rollback().await?;
-            return Ok(());
-        }
-        // Settle only from REQUESTED, as the domain says; the filter makes it atomic.
+    /// Applies ParkingLot's answers in bulk: one conditional update per kind of answer.
+    /// Only REQUESTED reservations are settled, as the domain says (a member who cancelled
+    /// before the answer stays cancelled); the filter makes it atomic.
+    pub async fn settle(work: &UnitOfWork, answers: &[(i64, Settlement)]) -> Result<(), DbErr> {
         let from = ReservationState::Requested;
-        if let Some(to) = settle(from, answer) {
-            let updated = Entity::update_many()
-                .col_expr(Column::State, Expr::value(to.as_str()))
-                .col_expr(Column::UpdatedAt, Expr::value(chrono::Utc::now()))
-                .filter(Column::Id.eq(id))
-                .filter(Column::State.eq(from.as_str()))
-                .exec(&txn)
-                .await?;
-            if updated.rows_affected == 0 {
-                tracing::info!(
-                    reservation_id = id,
-                    ?answer,
-                    "answer for a reservation no longer REQUESTED; nothing to settle"
-                );
+        let now = chrono::Utc::now();
+        for answer in [Settlement::Occupied, Settlement::FullyOccupied] {
+            let Some(to) = settle(from, answer) else {
+                continue;
+            };
+            let ids: Vec<i64> = answers
+                .iter()
+                .filter(|(_, a)| *a == answer)
+                .map(|(id, _)| *id)
+                .collect();
+            for ids in ids.chunks(1000) {
+                let updated = Entity::update_many()
+                    .col_expr(Column::State, Expr::value(to.as_str()))
+                    .col_expr(Column::UpdatedAt, Expr::value(now))
+                    .filter(Column::Id.is_in(ids.to_vec()))
+                    .filter(Column::State.eq(from.as_str()))
+                    .exec(work.db())
+                    .await?;
+                if updated.rows_affected < ids.len() as u64 {
+                    tracing::info!(
+                        answers = ids.len(),
+                        settled = updated.rows_affected,
+                        ?answer,
+                        "some answers were for reservations no longer REQUESTED; nothing to settle there"
+                    );
+                }
             }
         }
-        txn.commit().await?;
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct Api {
     pub store: Store,
     /// Reservation ids this replica just projected.
-    pub changes: broadcast::Sender<i64>,
+    pub changes: broadcast::Sender<crate::policy::Changed>,
     /// Ends open watches when the server stops, so shutdown is not held up by them.
     pub shutdown: CancellationToken,
 }
@@ -179,7 +179,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
                 loop {
                     tokio::select! {
                         changed = changes.recv() => match changed {
-                            Ok(changed) if changed == id => break,
+                            Ok(changed) if changed.contains(&id) => break,
                             Ok(_) => continue,
                             Err(broadcast::error::RecvError::Lagged(_)) => break,
                             Err(broadcast::error::RecvError::Closed) => return,

@@ -59,7 +59,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let store = store::Store::new(host.db.clone());
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     let projection = Arc::new(policy::Project {
-        store: store.clone(),
         changes: changes.clone(),
     });
     for subscription in policy::Project::subscriptions() {

@@ -3,17 +3,19 @@
 
 use crate::domain::fact_of;
 use crate::store::{Projected, Store};
-use parking_common::consumer::{Event, EventHandler, HandleError, Subscription};
+use parking_common::consumer::{Event, HandleError, Policy, Subscription};
 use parking_common::events::{from_timestamp, EventContext};
+use parking_common::unit::UnitOfWork;
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
-/// Inbox name of the projection (one for the three durables: event ids are unique).
-pub const PROJECTION: &str = "status-projection";
+/// Reservation ids whose status changed in one commit.
+pub type Changed = Arc<[i64]>;
 
 pub struct Project {
-    pub store: Store,
-    /// Reservation ids whose status changed, for WatchReservationStatus.
-    pub changes: broadcast::Sender<i64>,
+    /// Reservations whose status changed, a batch at a time, for WatchReservationStatus:
+    /// a watcher wakes once per batch, not once per event.
+    pub changes: broadcast::Sender<Changed>,
 }
 
 impl Project {
@@ -31,24 +33,29 @@ impl Project {
 }
 
 #[async_trait::async_trait]
-impl EventHandler for Project {
-    async fn handle(&self, event: &Event) -> Result<(), HandleError> {
-        let fact = fact_of(&event.payload);
-        let id = fact.reservation_id;
-        let applied = self
-            .store
-            .project(Projected {
-                consumer: PROJECTION,
+impl Policy for Project {
+    async fn apply(&self, work: &mut UnitOfWork, events: &[&Event]) -> Result<(), HandleError> {
+        let projected: Vec<Projected> = events
+            .iter()
+            .map(|event| Projected {
                 event_id: &event.envelope.event_id,
                 event_type: event.name(),
                 occurred_at: from_timestamp(event.envelope.occurred_at.as_ref()),
-                fact,
+                fact: fact_of(&event.payload),
             })
-            .await?;
-        if applied {
-            // No receiver is fine: nobody is watching.
-            let _ = self.changes.send(id);
-        }
+            .collect();
+        Store::project(work, &projected).await?;
         Ok(())
+    }
+
+    fn applied(&self, events: &[&Event]) {
+        let mut ids: Vec<i64> = events
+            .iter()
+            .map(|event| fact_of(&event.payload).reservation_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // No receiver is fine: nobody is watching.
+        let _ = self.changes.send(ids.into());
     }
 }

@@ -1,15 +1,18 @@
 //! The view's storage: one row per reservation plus its event history, in sea-orm.
-//! Each event is projected in one transaction with its inbox record, so a redelivered
-//! event changes nothing and a restart resumes exactly where the durable stopped.
+//! A batch of events is projected in the consumer's unit of work with their inbox records,
+//! so a redelivered event changes nothing and a restart resumes exactly where the durable
+//! stopped. Five statements per batch, whatever its size: create the missing rows, read
+//! (and on PostgreSQL lock) them, fold the facts in memory, write them back in one upsert,
+//! append the history.
 
 use crate::domain::{apply, Fact, Stage, View};
 use chrono::{DateTime, Utc};
-use parking_common::consumer::HandleError;
-use parking_common::inbox;
 use parking_common::paging::Page;
+use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ActiveValue::Set, DbBackend, QueryOrder, QuerySelect};
+use std::collections::HashMap;
 
 mod view {
     use sea_orm::entity::prelude::*;
@@ -82,14 +85,29 @@ fn to_view(m: view::Model) -> View {
     }
 }
 
-/// The event the projection is applying.
+/// An event the projection is applying.
 pub struct Projected<'a> {
-    pub consumer: &'a str,
     pub event_id: &'a str,
     pub event_type: &'a str,
     pub occurred_at: DateTime<Utc>,
     pub fact: Fact,
 }
+
+fn to_row(view: &View, now: DateTime<Utc>) -> view::ActiveModel {
+    view::ActiveModel {
+        reservation_id: Set(view.reservation_id),
+        member_id: Set(view.member_id),
+        reservation_date: Set(view.reservation_date.clone()),
+        stage: Set(view.stage.as_str().to_owned()),
+        parking_lot_id: Set(view.parking_lot_id),
+        ticket_delivery_id: Set(view.ticket_delivery_id),
+        space_number: Set(view.space_number),
+        updated_at: Set(now),
+    }
+}
+
+/// Rows per statement: PostgreSQL takes at most 65,535 parameters (8 per row).
+const ROWS_PER_STATEMENT: usize = 1000;
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -101,78 +119,92 @@ impl Store {
         Self { db }
     }
 
-    /// Applies one event to the view; false when it had been applied before.
-    pub async fn project(&self, event: Projected<'_>) -> Result<bool, HandleError> {
-        let id = event.fact.reservation_id;
-        let txn = self.db.begin().await?;
-        if !inbox::first_time(&txn, event.consumer, event.event_id).await? {
-            txn.rollback().await?;
-            return Ok(false);
-        }
+    /// Applies `events` (in stream order) to the view; returns the reservations changed.
+    pub async fn project(work: &UnitOfWork, events: &[Projected<'_>]) -> Result<Vec<i64>, DbErr> {
+        let mut ids: Vec<i64> = events.iter().map(|e| e.fact.reservation_id).collect();
+        // Sorted: replicas and the three durables lock rows in one order, never in a cycle.
+        ids.sort_unstable();
+        ids.dedup();
         let now = Utc::now();
-        // Make sure the row exists, then lock it: events of one reservation arrive on three
-        // durables at once, and the read-merge-write below must not lose a field.
-        view::Entity::insert(view::ActiveModel {
-            reservation_id: Set(id),
-            member_id: Set(0),
-            reservation_date: Set(String::new()),
-            stage: Set(Stage::Unspecified.as_str().to_owned()),
-            parking_lot_id: Set(0),
-            ticket_delivery_id: Set(0),
-            space_number: Set(0),
-            updated_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::column(view::Column::ReservationId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        view::Entity::update_many()
-            .col_expr(view::Column::UpdatedAt, Expr::value(now))
-            .filter(view::Column::ReservationId.eq(id))
-            .exec(&txn)
-            .await?;
-        let current = view::Entity::find_by_id(id)
-            .one(&txn)
-            .await?
-            .map(to_view)
-            .ok_or_else(|| DbErr::RecordNotFound(format!("status of reservation {id}")))?;
-        let next = apply(current, &event.fact);
-        view::Entity::update(view::ActiveModel {
-            reservation_id: Set(id),
-            member_id: Set(next.member_id),
-            reservation_date: Set(next.reservation_date.clone()),
-            stage: Set(next.stage.as_str().to_owned()),
-            parking_lot_id: Set(next.parking_lot_id),
-            ticket_delivery_id: Set(next.ticket_delivery_id),
-            space_number: Set(next.space_number),
-            updated_at: Set(now),
-        })
-        .exec(&txn)
-        .await?;
-        history::Entity::insert(history::ActiveModel {
-            event_id: Set(event.event_id.to_owned()),
-            reservation_id: Set(id),
-            event_type: Set(event.event_type.to_owned()),
-            stage: Set(event
-                .fact
-                .stage
-                .unwrap_or(Stage::Unspecified)
-                .as_str()
-                .to_owned()),
-            occurred_at: Set(event.occurred_at),
-        })
-        .on_conflict(
-            OnConflict::column(history::Column::EventId)
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        txn.commit().await?;
-        Ok(true)
+        // Make sure the rows exist, then lock them: events of one reservation arrive on
+        // three durables at once, and the read-merge-write below must not lose a field.
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            view::Entity::insert_many(chunk.iter().map(|id| to_row(&View::empty(*id), now)))
+                .on_conflict(
+                    OnConflict::column(view::Column::ReservationId)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(work.db())
+                .await?;
+        }
+        let mut views: HashMap<i64, View> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut query = view::Entity::find()
+                .filter(view::Column::ReservationId.is_in(chunk.to_vec()))
+                .order_by_asc(view::Column::ReservationId);
+            // SQLite: the unit of work already holds the database's write lock.
+            if work.backend() == DbBackend::Postgres {
+                query = query.lock_exclusive();
+            }
+            for row in query.all(work.db()).await? {
+                views.insert(row.reservation_id, to_view(row));
+            }
+        }
+        for event in events {
+            let id = event.fact.reservation_id;
+            let current = views.remove(&id).unwrap_or_else(|| View::empty(id));
+            views.insert(id, apply(current, &event.fact));
+        }
+        let rows: Vec<view::ActiveModel> = ids
+            .iter()
+            .filter_map(|id| views.get(id))
+            .map(|view| to_row(view, now))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            view::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::column(view::Column::ReservationId)
+                        .update_columns([
+                            view::Column::MemberId,
+                            view::Column::ReservationDate,
+                            view::Column::Stage,
+                            view::Column::ParkingLotId,
+                            view::Column::TicketDeliveryId,
+                            view::Column::SpaceNumber,
+                            view::Column::UpdatedAt,
+                        ])
+                        .to_owned(),
+                )
+                .exec_without_returning(work.db())
+                .await?;
+        }
+        let history: Vec<history::ActiveModel> = events
+            .iter()
+            .map(|event| history::ActiveModel {
+                event_id: Set(event.event_id.to_owned()),
+                reservation_id: Set(event.fact.reservation_id),
+                event_type: Set(event.event_type.to_owned()),
+                stage: Set(event
+                    .fact
+                    .stage
+                    .unwrap_or(Stage::Unspecified)
+                    .as_str()
+                    .to_owned()),
+                occurred_at: Set(event.occurred_at),
+            })
+            .collect();
+        for chunk in history.chunks(ROWS_PER_STATEMENT) {
+            history::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::column(history::Column::EventId)
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(work.db())
+                .await?;
+        }
+        Ok(ids)
     }
 
     /// A reservation's status with its history (oldest first).
