@@ -4,7 +4,14 @@
 //! SQLite notes: WAL journal and a long busy timeout let several processes share one file
 //! (two parking-lot replicas in tests). Transactions here start with a write, so SQLite
 //! takes its write lock first and never has to upgrade a read lock mid-transaction.
+//!
+//! Durability on SQLite is chosen in the URL: `synchronous=full` (the default) syncs the
+//! WAL at every commit, so a committed application survives a power loss; `normal` syncs
+//! only at checkpoints: a commit survives the process being killed, but the last
+//! transactions before a power loss or kernel crash may be gone (never a corrupt file).
+//! Batched consumers commit once per batch, so the sync's cost is shared.
 
+use sea_orm::sqlx::sqlite::SqliteSynchronous;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 use sea_orm_migration::prelude::*;
 use std::time::Duration;
@@ -26,6 +33,12 @@ pub enum DbError {
 /// Connects, creating the SQLite file and its folder when needed.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
     let sqlite = url.starts_with("sqlite:");
+    let (url, synchronous) = if sqlite {
+        sqlite_synchronous(url).map_err(|e| DbError::Connect(DbErr::Custom(e)))?
+    } else {
+        (url.to_owned(), SqliteSynchronous::Full)
+    };
+    let url = url.as_str();
     if sqlite {
         if let Some(folder) = sqlite_folder(url) {
             std::fs::create_dir_all(&folder).map_err(|source| DbError::Folder {
@@ -40,8 +53,9 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(30));
     if sqlite {
-        options.max_connections(4).map_sqlx_sqlite_opts(|o| {
+        options.max_connections(4).map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(30))
                 .create_if_missing(true)
         });
@@ -70,6 +84,37 @@ pub async fn connect_and_migrate<M: MigratorTrait>(
             Err(err) => return Err(DbError::Migrate(err)),
         }
     }
+}
+
+/// Takes our `synchronous=full|normal` parameter out of a SQLite URL (sqlx does not read it).
+fn sqlite_synchronous(url: &str) -> Result<(String, SqliteSynchronous), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), SqliteSynchronous::Full));
+    };
+    let mut synchronous = SqliteSynchronous::Full;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("synchronous", value)) => {
+                synchronous = match value.to_ascii_lowercase().as_str() {
+                    "full" => SqliteSynchronous::Full,
+                    "normal" => SqliteSynchronous::Normal,
+                    other => {
+                        return Err(format!(
+                            "synchronous={other} in the SQLite URL: use full or normal"
+                        ))
+                    }
+                }
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, synchronous))
 }
 
 fn sqlite_folder(url: &str) -> Option<String> {
@@ -215,6 +260,24 @@ impl MigrationTrait for CreateOutboxAndInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_durability_off_the_url() {
+        let read = |url: &str| sqlite_synchronous(url).map(|(u, s)| (u, format!("{s:?}")));
+        assert_eq!(
+            read("sqlite://var/a.db?mode=rwc"),
+            Ok(("sqlite://var/a.db?mode=rwc".into(), "Full".into()))
+        );
+        assert_eq!(
+            read("sqlite://var/a.db?synchronous=normal&mode=rwc"),
+            Ok(("sqlite://var/a.db?mode=rwc".into(), "Normal".into()))
+        );
+        assert_eq!(
+            read("sqlite://var/a.db?synchronous=FULL"),
+            Ok(("sqlite://var/a.db".into(), "Full".into()))
+        );
+        assert!(read("sqlite://var/a.db?synchronous=off").is_err());
+    }
 
     #[test]
     fn finds_the_sqlite_folder() {

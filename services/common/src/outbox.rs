@@ -13,7 +13,11 @@ use crate::pb::EventEnvelope;
 use async_nats::jetstream::{self, message::PublishMessage};
 use prost::Message;
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{LockBehavior, LockType};
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, ConnectionTrait, DbBackend, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -242,101 +246,131 @@ impl Relay {
     async fn drain(&self) -> Result<usize, String> {
         let mut total = 0;
         loop {
-            let rows = Entity::find()
-                .filter(Column::SentAt.is_null())
-                .order_by_asc(Column::Id)
-                .limit(BATCH)
-                .all(&self.db)
-                .await
-                .map_err(|e| e.to_string())?;
-            if rows.is_empty() {
-                return Ok(total);
-            }
-            let full = rows.len() as u64 == BATCH;
-            let mut acks = Vec::with_capacity(rows.len());
-            for row in &rows {
-                // `header`, not `headers`: the latter would replace Nats-Msg-Id.
-                let mut publish = PublishMessage::build()
-                    .payload(row.payload.clone().into())
-                    .message_id(row.event_id.as_str());
-                // A producer span under the context the row was written in, open from the
-                // send to JetStream's ack; its own context travels in the header for the
-                // consumers. No context, no span: the event was not part of a trace.
-                let span = match &row.traceparent {
-                    Some(_) => tracing::info_span!(
-                        "publish",
-                        otel.name = %format!("{} publish", row.subject),
-                        otel.kind = "producer",
-                        otel.status_code = tracing::field::Empty,
-                        messaging.system = "nats",
-                        messaging.destination.name = %row.subject,
-                        messaging.message.id = %row.event_id,
-                    ),
-                    None => tracing::Span::none(),
-                };
-                if let Some(tp) = &row.traceparent {
-                    let _ = span.set_parent(crate::propagation::from_pair(tp, ""));
-                    let (traceparent, tracestate) = span.in_scope(crate::propagation::current);
-                    let traceparent = if traceparent.is_empty() {
-                        tp.clone()
-                    } else {
-                        traceparent
-                    };
-                    publish = publish.header("traceparent", traceparent.as_str());
-                    if !tracestate.is_empty() {
-                        publish = publish.header("tracestate", tracestate.as_str());
+            let (published, full) = match self.db.get_database_backend() {
+                // Replicas sharing a PostgreSQL database each take rows no other relay holds
+                // (FOR UPDATE SKIP LOCKED), kept locked until they are marked sent.
+                DbBackend::Postgres => {
+                    let txn = self.db.begin().await.map_err(|e| e.to_string())?;
+                    let round = self.round(&txn).await;
+                    match round {
+                        Ok(done) => {
+                            txn.commit().await.map_err(|e| e.to_string())?;
+                            done
+                        }
+                        Err(error) => {
+                            let _ = txn.rollback().await;
+                            return Err(error);
+                        }
                     }
                 }
-                let sending = self
-                    .js
-                    .send_publish(row.subject.clone(), publish)
-                    .instrument(span.clone())
-                    .await;
-                match sending {
-                    Ok(ack) => acks.push((row.id, ack, span)),
-                    Err(e) => {
-                        // Keep order: stop at the first failure, mark what went out.
-                        span.record("otel.status_code", "ERROR");
-                        tracing::warn!(error = %e, event_id = %row.event_id, "publish failed");
-                        break;
-                    }
-                }
-            }
-            let attempted = acks.len();
-            let mut sent = Vec::with_capacity(attempted);
-            for (id, ack, span) in acks {
-                match std::future::IntoFuture::into_future(ack)
-                    .instrument(span.clone())
-                    .await
-                {
-                    Ok(_) => sent.push(id),
-                    Err(e) => {
-                        span.record("otel.status_code", "ERROR");
-                        tracing::warn!(error = %e, id, "publish not acknowledged")
-                    }
-                }
-            }
-            if !sent.is_empty() {
-                Entity::update_many()
-                    .col_expr(Column::SentAt, Expr::value(chrono::Utc::now()))
-                    .filter(Column::Id.is_in(sent.clone()))
-                    .exec(&self.db)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            total += sent.len();
-            self.outbox.metrics.published.inc_by(sent.len() as u64);
-            if sent.len() < rows.len() {
-                return Err(format!(
-                    "{} of {} events not published",
-                    rows.len() - sent.len(),
-                    rows.len()
-                ));
-            }
+                // SQLite has one writer: a transaction held while publishing would stall
+                // every use case of the service. Replicas sharing a file (tests only) may
+                // publish a row twice; JetStream drops the second by its Nats-Msg-Id.
+                _ => self.round(&self.db).await?,
+            };
+            total += published;
             if !full {
                 return Ok(total);
             }
         }
+    }
+
+    /// Publishes one batch of unsent rows with every publish ack in flight, then marks the
+    /// acknowledged ones sent in one statement. Returns how many went out and whether the
+    /// batch was full (more may wait).
+    async fn round<C: ConnectionTrait>(&self, db: &C) -> Result<(usize, bool), String> {
+        let mut unsent = Entity::find()
+            .filter(Column::SentAt.is_null())
+            .order_by_asc(Column::Id)
+            .limit(BATCH);
+        if db.get_database_backend() == DbBackend::Postgres {
+            unsent = unsent.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        }
+        let rows = unsent.all(db).await.map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok((0, false));
+        }
+        let full = rows.len() as u64 == BATCH;
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // `header`, not `headers`: the latter would replace Nats-Msg-Id.
+            let mut publish = PublishMessage::build()
+                .payload(row.payload.clone().into())
+                .message_id(row.event_id.as_str());
+            // A producer span under the context the row was written in, open from the
+            // send to JetStream's ack; its own context travels in the header for the
+            // consumers. No context, no span: the event was not part of a trace.
+            let span = match &row.traceparent {
+                Some(_) => tracing::info_span!(
+                    "publish",
+                    otel.name = %format!("{} publish", row.subject),
+                    otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = "nats",
+                    messaging.destination.name = %row.subject,
+                    messaging.message.id = %row.event_id,
+                ),
+                None => tracing::Span::none(),
+            };
+            if let Some(tp) = &row.traceparent {
+                let _ = span.set_parent(crate::propagation::from_pair(tp, ""));
+                let (traceparent, tracestate) = span.in_scope(crate::propagation::current);
+                let traceparent = if traceparent.is_empty() {
+                    tp.clone()
+                } else {
+                    traceparent
+                };
+                publish = publish.header("traceparent", traceparent.as_str());
+                if !tracestate.is_empty() {
+                    publish = publish.header("tracestate", tracestate.as_str());
+                }
+            }
+            let sending = self
+                .js
+                .send_publish(row.subject.clone(), publish)
+                .instrument(span.clone())
+                .await;
+            match sending {
+                Ok(ack) => acks.push((row.id, ack, span)),
+                Err(e) => {
+                    // Keep order: stop at the first failure, mark what went out.
+                    span.record("otel.status_code", "ERROR");
+                    tracing::warn!(error = %e, event_id = %row.event_id, "publish failed");
+                    break;
+                }
+            }
+        }
+        let attempted = acks.len();
+        let mut sent = Vec::with_capacity(attempted);
+        for (id, ack, span) in acks {
+            match std::future::IntoFuture::into_future(ack)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(_) => sent.push(id),
+                Err(e) => {
+                    span.record("otel.status_code", "ERROR");
+                    tracing::warn!(error = %e, id, "publish not acknowledged")
+                }
+            }
+        }
+        if !sent.is_empty() {
+            Entity::update_many()
+                .col_expr(Column::SentAt, Expr::value(chrono::Utc::now()))
+                .filter(Column::Id.is_in(sent.clone()))
+                .exec(db)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.outbox.metrics.published.inc_by(sent.len() as u64);
+        if sent.len() < rows.len() {
+            return Err(format!(
+                "{} of {} events not published",
+                rows.len() - sent.len(),
+                rows.len()
+            ));
+        }
+        Ok((sent.len(), full))
     }
 
     async fn purge_sent(&self) {
