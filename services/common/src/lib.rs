@@ -19,6 +19,8 @@
 //! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 //! - [`telemetry`]: logs (JSON with trace ids) and OpenTelemetry traces (OTLP).
+//! - `testing` (feature `testing`): databases, JetStream namespaces and batches for
+//!   in-process tests.
 #![forbid(unsafe_code)]
 
 pub mod calendar;
@@ -38,6 +40,8 @@ pub mod propagation;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unit;
 
 pub use parking_proto::v1 as pb;

@@ -182,7 +182,8 @@ impl Store {
     /// On TicketReserved, for a batch: each application not decided before takes the
     /// lowest free space of its day while the day is under capacity, else is FullyOccupied.
     /// A reservation cancelled first (or decided by an earlier delivery) takes nothing.
-    /// Returns the decisions in the applications' order.
+    /// Returns the decisions day by day (in date order, the lock order), in the
+    /// applications' order within a day.
     pub async fn allocate(
         &self,
         work: &UnitOfWork,
