@@ -612,7 +612,11 @@ async fn cancel_before_allocation_takes_nothing(backend: Backend) {
     }
     c.wait_consumer_idle("reservation", "parking-lot-allocate")
         .await;
-    let lot = c.events("parkinglot").await;
+    // Handled is not yet published: the relay sends the decision just after the commit.
+    let lot = eventually(Duration::from_secs(10), "a decision published", || async {
+        Some(c.events("parkinglot").await).filter(|lot| !lot.is_empty())
+    })
+    .await;
     assert_eq!(
         lot.len(),
         1,

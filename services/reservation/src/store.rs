@@ -1,18 +1,19 @@
 //! The storage port of TicketReservation and its sea-orm adapter. Each write use case is
-//! one unit of work holding the aggregate change and its event.
+//! one unit of work holding the aggregate change and its event; ReserveTicket calls that
+//! arrive together share one (group commit).
 
 use crate::domain::{settle, Application, ReservationState, Settlement};
 use chrono::NaiveDate;
 use parking_common::calendar::{format_day, parse_day};
-use parking_common::db::is_unique_violation;
 use parking_common::events::envelope;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{TicketReservationCanceled, TicketReserved};
-use parking_common::unit::UnitOfWork;
+use parking_common::unit::{Call, GroupCommit, Grouped, UnitOfWork};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::NotSet, ActiveValue::Set, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{OnConflict, Query};
+use sea_orm::{QueryOrder, QuerySelect};
 
 /// A stored reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +47,107 @@ pub enum Cancelled {
 }
 
 /// The persistence port of the TicketReservation context.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
     outbox: Outbox,
+    /// ReserveTicket's group commit.
+    reserving: GroupCommit<ReserveGroup>,
+}
+
+/// Most applications stored in one transaction.
+const GROUP: usize = 256;
+
+/// ReserveTicket as a group: every application of the group in one
+/// `INSERT .. ON CONFLICT DO NOTHING RETURNING`, each TicketReserved staged with it. An
+/// application the unique indexes refuse (a second ticket that day, a replayed request id)
+/// is answered `None` and explained after the commit.
+struct ReserveGroup;
+
+#[async_trait::async_trait]
+impl Grouped for ReserveGroup {
+    type Request = Application;
+    type Answer = Option<TicketReservation>;
+
+    async fn apply(
+        &self,
+        work: &mut UnitOfWork,
+        calls: &[Call<Application>],
+    ) -> Result<Vec<Option<TicketReservation>>, DbErr> {
+        let now = chrono::Utc::now();
+        let mut insert = Query::insert();
+        insert
+            .into_table(Entity)
+            .columns([
+                Column::MemberId,
+                Column::ReservationDate,
+                Column::State,
+                Column::RequestId,
+                Column::CreatedAt,
+                Column::UpdatedAt,
+            ])
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .returning(Query::returning().columns([
+                Column::Id,
+                Column::MemberId,
+                Column::ReservationDate,
+                Column::RequestId,
+            ]));
+        for Call { request: app, .. } in calls {
+            insert
+                .values([
+                    app.member_id.into(),
+                    format_day(app.date).into(),
+                    ReservationState::Requested.as_str().into(),
+                    app.request_id.clone().into(),
+                    now.into(),
+                    now.into(),
+                ])
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+        }
+        let backend = work.backend();
+        let rows = work.db().query_all(backend.build(&insert)).await?;
+        let mut answers: Vec<Option<TicketReservation>> = vec![None; calls.len()];
+        for row in rows {
+            let id: i64 = row.try_get("", "id")?;
+            let member_id: i64 = row.try_get("", "member_id")?;
+            let date: String = row.try_get("", "reservation_date")?;
+            let request_id: Option<String> = row.try_get("", "request_id")?;
+            // The first application of the group with these values is the one stored (a
+            // member holds one active ticket a day, so no two stored rows share them).
+            let Some(at) = calls
+                .iter()
+                .enumerate()
+                .position(|(i, Call { request: app, .. })| {
+                    answers[i].is_none()
+                        && app.member_id == member_id
+                        && format_day(app.date) == date
+                        && app.request_id == request_id
+                })
+            else {
+                return Err(DbErr::Custom(format!(
+                    "stored reservation {id} matches no application of its group"
+                )));
+            };
+            let app = &calls[at].request;
+            work.stage(calls[at].envelope(
+                id,
+                Payload::TicketReserved(TicketReserved {
+                    reservation_id: id,
+                    member_id,
+                    reservation_date: date,
+                }),
+            ));
+            answers[at] = Some(TicketReservation {
+                id,
+                member_id,
+                date: app.date,
+                state: ReservationState::Requested,
+                request_id,
+            });
+        }
+        Ok(answers)
+    }
 }
 
 mod entity {
@@ -74,7 +172,7 @@ mod entity {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
-use entity::{ActiveModel, Column, Entity};
+use entity::{Column, Entity};
 
 fn to_domain(m: entity::Model) -> Result<TicketReservation, DbErr> {
     let state = ReservationState::parse(&m.state).ok_or_else(|| {
@@ -95,50 +193,23 @@ fn to_domain(m: entity::Model) -> Result<TicketReservation, DbErr> {
 }
 
 impl Store {
+    /// The store, with ReserveTicket's group commit running (inside a Tokio runtime).
     pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
-        Self { db, outbox }
+        let reserving = GroupCommit::spawn(ReserveGroup, db.clone(), outbox.clone(), GROUP);
+        Self {
+            db,
+            outbox,
+            reserving,
+        }
     }
 
-    /// Stores a REQUESTED application and its TicketReserved, or tells why not.
+    /// Stores a REQUESTED application and its TicketReserved, or tells why not. Calls
+    /// arriving together share one insert and one commit (group commit).
     pub async fn reserve(&self, app: &Application) -> Result<Reserved, DbErr> {
-        let now = chrono::Utc::now();
-        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
-        let inserted = Entity::insert(ActiveModel {
-            id: NotSet,
-            member_id: Set(app.member_id),
-            reservation_date: Set(format_day(app.date)),
-            state: Set(ReservationState::Requested.as_str().to_owned()),
-            request_id: Set(app.request_id.clone()),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .exec(work.db())
-        .await;
-        let id = match inserted {
-            Ok(r) => r.last_insert_id,
-            Err(err) if is_unique_violation(&err) => {
-                work.rollback().await?;
-                return self.explain_conflict(app).await;
-            }
-            Err(err) => return Err(err),
-        };
-        let reservation = TicketReservation {
-            id,
-            member_id: app.member_id,
-            date: app.date,
-            state: ReservationState::Requested,
-            request_id: app.request_id.clone(),
-        };
-        work.stage(envelope(
-            id,
-            Payload::TicketReserved(TicketReserved {
-                reservation_id: id,
-                member_id: app.member_id,
-                reservation_date: format_day(app.date),
-            }),
-        ));
-        work.commit().await?;
-        Ok(Reserved::New(reservation))
+        match self.reserving.call(app.clone()).await? {
+            Some(reservation) => Ok(Reserved::New(reservation)),
+            None => self.explain_conflict(app).await,
+        }
     }
 
     /// After a unique violation: a replay of the same request, or a second ticket.
