@@ -146,4 +146,72 @@ async fn settle_moves_only_requested_reservations(backend: Backend) {
     assert_eq!(state(&store, r6).await, Requested);
 }
 
-parking_common::on_both_databases!(settle_moves_only_requested_reservations);
+
+/// ReserveTicket's group commit: many calls at once, some of them a second ticket for the
+/// same member and day or a replay of the same request id, each answered as if alone;
+/// exactly one TicketReserved per stored application.
+async fn concurrent_reserves_share_commits_and_keep_their_answers(backend: Backend) {
+    let test = TestDb::open::<Migrator>(backend).await;
+    let outbox = Outbox::new("t");
+    let store = Store::new(test.db.clone(), outbox.clone());
+    let day = NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
+    let app = |member_id: i64, request_id: Option<&str>| Application {
+        member_id,
+        date: day,
+        request_id: request_id.map(str::to_owned),
+    };
+    // Members 1..=300 once each; member 1 twice more without a request id (a second and a
+    // third ticket); member 1002 sends its request id "r" twice (a replay); all at once.
+    let mut apps: Vec<Application> = (1..=300).map(|m| app(m, None)).collect();
+    apps.extend([app(1, None), app(1, None)]);
+    apps.extend([app(1_002, Some("r")), app(1_002, Some("r"))]);
+    let calls = apps.iter().map(|a| {
+        let store = store.clone();
+        let a = a.clone();
+        tokio::spawn(async move { store.reserve(&a).await })
+    });
+    let mut answers: Vec<Reserved> = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        answers.push(call.await.unwrap().unwrap());
+    }
+    let new = answers
+        .iter()
+        .filter(|a| matches!(a, Reserved::New(_)))
+        .count();
+    let holds = answers
+        .iter()
+        .filter(|a| matches!(a, Reserved::MemberHoldsDay))
+        .count();
+    let replayed: Vec<i64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Reserved::Replayed(r) => Some(r.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new, 301, "300 members and one request of member 1002");
+    assert_eq!(holds, 2, "member 1's second and third ticket");
+    assert_eq!(replayed.len(), 1, "the replayed request id: {answers:?}");
+    let first = answers.iter().find_map(|a| match a {
+        Reserved::New(r) if r.member_id == 1_002 => Some(r.id),
+        _ => None,
+    });
+    assert_eq!(first, Some(replayed[0]), "a replay answers the first result");
+    // Every stored application has its event, and only those.
+    assert_eq!(outbox::backlog(&test.db).await.unwrap(), 301);
+    let mut ids: Vec<i64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Reserved::New(r) => Some(r.id),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 301, "no id given twice");
+}
+
+parking_common::on_both_databases!(
+    settle_moves_only_requested_reservations,
+    concurrent_reserves_share_commits_and_keep_their_answers
+);
