@@ -406,24 +406,23 @@ impl<P: CallingPolicy> Runner<P> {
                 Err(error) => self.settle(&message, &event, Err(error)).await,
             }
         }
-        if ready.is_empty() {
-        } else if ready.len() == 1 {
-            let outcome = self.apply(&ready).await;
-            let (message, event, _) = &ready[0];
-            self.settle(message, event, outcome).await;
-        } else {
-            match self.apply(&ready).await {
-                Ok(()) => {
-                    for (message, event, _) in &ready {
-                        self.settle(message, event, Ok(())).await;
-                    }
+        match self.apply(&ready).await {
+            Ok(()) => {
+                for (message, event, _) in &ready {
+                    self.settle(message, event, Ok(())).await;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, durable, events = ready.len(), "batch failed; handling its events one by one");
-                    for one in ready.chunks(1) {
-                        let outcome = self.apply(one).await;
-                        self.settle(&one[0].0, &one[0].1, outcome).await;
-                    }
+            }
+            Err(error) if ready.len() == 1 => {
+                let (message, event, _) = &ready[0];
+                self.settle(message, event, Err(error)).await;
+            }
+            // Which event is at fault? Each alone: the good ones commit, the bad one gets
+            // its own outcome (poison, deferred, failed).
+            Err(error) => {
+                tracing::warn!(%error, durable, events = ready.len(), "batch failed; handling its events one by one");
+                for one in ready.chunks(1) {
+                    let outcome = self.apply(one).await;
+                    self.settle(&one[0].0, &one[0].1, outcome).await;
                 }
             }
         }
@@ -438,6 +437,9 @@ impl<P: CallingPolicy> Runner<P> {
         &self,
         batch: &[(jetstream::Message, Event, P::Checked)],
     ) -> Result<(), HandleError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
         let ids: Vec<&str> = batch
             .iter()
