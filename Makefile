@@ -21,3 +21,6 @@ bench:
 	cargo bench -p mesh --bench overhead
 	# The gateway bench starts the release binaries of every service (NATS must be up).
 	. scripts/lib.sh && ensure_nats && cargo build --release --bins && cargo bench -p parking-e2e --bench gateway --bench tracing
+	# The pipeline bench: open-loop steps through the gateway on SQLite and PostgreSQL, the
+	# view lag and backlog, a REST closed loop (6-12 min); writes bench/results/pipeline-<date>.md and pipeline.png.
+	. scripts/lib.sh && ensure_nats && ensure_postgres && cargo bench -p parking-e2e --bench pipeline
