@@ -349,6 +349,142 @@ struct Step {
     js_pending: Option<u64>,
     /// The most any call was sent after it was due.
     behind: Duration,
+    /// Where the time went during the step and its drain (None for the ceiling).
+    breakdown: Option<Breakdown>,
+}
+
+/// What the services themselves measured over one step and its drain: each durable's
+/// mean lag (the event's occurrence to its handling: the commit, the relay, JetStream and
+/// the wait for a batch before it) and the CPU each process used. Read from /metrics and
+/// /proc once before and once after: nothing is polled during the step.
+#[derive(Debug, Clone, Default)]
+struct Breakdown {
+    /// durable -> (events handled, mean lag).
+    lags: BTreeMap<String, (u64, Duration)>,
+    /// process name -> CPU seconds.
+    cpu: BTreeMap<String, f64>,
+    /// The step and its drain, wall clock.
+    wall: Duration,
+}
+
+/// Counters read at one moment: durable -> (lag sum in s, count), process -> CPU seconds.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    lags: BTreeMap<String, (f64, u64)>,
+    cpu: BTreeMap<String, f64>,
+    at: Option<Instant>,
+}
+
+/// The processes a run is made of, by the name /proc gives them.
+const PROCESSES: [&str; 7] = [
+    "reservation",
+    "parking-lot",
+    "delivery",
+    "status",
+    "gateway",
+    "nats-server",
+    "postgres",
+];
+
+async fn counters(cluster: &Cluster) -> Counters {
+    let mut lags: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for svc in Svc::ALL {
+        let text = cluster.metrics(svc).await;
+        for line in text.lines() {
+            let (name, rest) = match line.split_once('{') {
+                Some(split) => split,
+                None => continue,
+            };
+            let sum = name == "consumer_lag_seconds_sum";
+            if !sum && name != "consumer_lag_seconds_count" {
+                continue;
+            }
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            let Some(durable) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("durable=\""))
+                .map(|d| d.trim_end_matches('"').to_owned())
+            else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let entry = lags.entry(durable).or_default();
+            if sum {
+                entry.0 += value;
+            } else {
+                entry.1 += value as u64;
+            }
+        }
+    }
+    Counters {
+        lags,
+        cpu: cpu_seconds(),
+        at: Some(Instant::now()),
+    }
+}
+
+/// CPU seconds used so far by each of [`PROCESSES`] (summed over processes of one name).
+fn cpu_seconds() -> BTreeMap<String, f64> {
+    // Linux's USER_HZ: clock ticks in /proc/<pid>/stat are 1/100 s.
+    const TICKS: f64 = 100.0;
+    let mut cpu = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return cpu;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15; comm may hold spaces.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let Some(name) = PROCESSES.iter().find(|p| comm == **p) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        *cpu.entry((*name).to_owned()).or_default() += ticks / TICKS;
+    }
+    cpu
+}
+
+impl Breakdown {
+    fn between(before: &Counters, after: &Counters) -> Breakdown {
+        let lags = after
+            .lags
+            .iter()
+            .filter_map(|(durable, (sum, count))| {
+                let (sum0, count0) = before.lags.get(durable).copied().unwrap_or_default();
+                let n = count.saturating_sub(count0);
+                (n > 0).then(|| {
+                    let mean = ((sum - sum0) / n as f64).max(0.0);
+                    (durable.clone(), (n, Duration::from_secs_f64(mean)))
+                })
+            })
+            .collect();
+        let cpu = after
+            .cpu
+            .iter()
+            .map(|(name, secs)| {
+                let before = before.cpu.get(name).copied().unwrap_or_default();
+                (name.clone(), (secs - before).max(0.0))
+            })
+            .collect();
+        let wall = match (before.at, after.at) {
+            (Some(a), Some(b)) => b - a,
+            _ => Duration::ZERO,
+        };
+        Breakdown { lags, cpu, wall }
+    }
 }
 
 impl Step {
@@ -377,6 +513,10 @@ async fn step(
     samples_per_sec: f64,
     cluster: Option<&Cluster>,
 ) -> Step {
+    let before = match cluster {
+        Some(c) => Some(counters(c).await),
+        None => None,
+    };
     let total = (f64::from(rate) * length.as_secs_f64()).round().max(1.0) as u64;
     let sample_every = (f64::from(rate) / samples_per_sec).ceil().max(1.0) as u64;
     let watching = !pool.status.is_empty();
@@ -490,7 +630,12 @@ async fn step(
             tokio::time::sleep(JS_POLL).await;
         }
     }
+    let breakdown = match (cluster, &before) {
+        (Some(c), Some(before)) => Some(Breakdown::between(before, &counters(c).await)),
+        _ => None,
+    };
     Step {
+        breakdown,
         offered: rate,
         sent: total,
         ok: latencies.len() as u64,
@@ -811,6 +956,7 @@ async fn run_backend(settings: &Settings, backend: Backend) -> Run {
         println!("{}", step_row(&s, true));
         steps.push(s);
     }
+    println!("\n{}", breakdown_table(&steps));
     let rest = if settings.rest_time.is_zero() {
         None
     } else {
@@ -1061,6 +1207,52 @@ fn knee_text(steps: &[Step]) -> String {
     }
 }
 
+/// Where the time went, per step: each durable's mean lag and each process's CPU use.
+fn breakdown_table(steps: &[Step]) -> String {
+    let mut durables: Vec<String> = steps
+        .iter()
+        .filter_map(|s| s.breakdown.as_ref())
+        .flat_map(|b| b.lags.keys().cloned())
+        .collect();
+    durables.sort();
+    durables.dedup();
+    let mut out = String::from(
+        "Where the time went (measured by the services over each step and its drain): \
+         mean lag per durable consumer, from the event's occurrence (its use case's commit) \
+         to its handling (so it holds the outbox relay, JetStream and the wait for a batch), \
+         and CPU per process in cores (CPU seconds / wall seconds; the machine has 2).\n\n| offered/s |",
+    );
+    for d in &durables {
+        let _ = write!(out, " {d} |");
+    }
+    for p in PROCESSES {
+        let _ = write!(out, " {p} CPU |");
+    }
+    out.push_str("\n|---:|");
+    for _ in 0..durables.len() + PROCESSES.len() {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for step in steps {
+        let Some(b) = &step.breakdown else { continue };
+        let _ = write!(out, "| {} |", step.offered);
+        for d in &durables {
+            match b.lags.get(d) {
+                Some((_, mean)) => {
+                    let _ = write!(out, " {} |", ms(Some(*mean)));
+                }
+                None => out.push_str(" - |"),
+            }
+        }
+        let wall = b.wall.as_secs_f64().max(1e-9);
+        for p in PROCESSES {
+            let _ = write!(out, " {:.2} |", b.cpu.get(p).copied().unwrap_or(0.0) / wall);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn error_details(steps: &[Step]) -> String {
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for s in steps {
@@ -1166,6 +1358,7 @@ fn report(
             let _ = writeln!(out, "{}", step_row(s, true));
         }
         let _ = writeln!(out, "\n**Knee ({name}): {}**\n", knee_text(&run.steps));
+        let _ = writeln!(out, "{}", breakdown_table(&run.steps));
         let details = error_details(&run.steps);
         if !details.is_empty() {
             let _ = writeln!(out, "Errors:\n{details}");

@@ -91,19 +91,30 @@ pub struct LotDay {
     pub capacity: i32,
     /// Spaces held now (the day's counter).
     pub occupied: i32,
-    /// The highest space number held now (0 when none).
-    pub highest_held: i32,
-    /// Free space numbers below `highest_held` (freed by cancellations), ascending. Every
-    /// number below the highest held one was handed out once (spaces go lowest first), so
-    /// a gap is always a space that was vacated and not taken again.
+    /// The highest space number the day ever handed out (0 when none).
+    pub highest_handed_out: i32,
+    /// Free space numbers up to `highest_handed_out` (freed by cancellations), ascending.
+    /// Spaces go lowest first, so every number up to the highest was handed out once: a
+    /// gap is always a space that was vacated and not taken again.
     pub gaps: Vec<i32>,
 }
 
 impl LotDay {
-    /// True when some space below the highest held one is free: only then are the gaps
+    /// True when some space up to the highest handed out is free: only then are the gaps
     /// worth reading.
-    pub fn has_gaps(occupied: i32, highest_held: i32) -> bool {
-        highest_held > occupied
+    pub fn has_gaps(occupied: i32, highest_handed_out: i32) -> bool {
+        highest_handed_out > occupied
+    }
+
+    /// The highest space handed out once `answers` are given.
+    pub fn highest_after(&self, answers: &[Allocated]) -> i32 {
+        answers
+            .iter()
+            .filter_map(|a| match a {
+                Allocated::Occupied { space } => Some(*space),
+                Allocated::FullyOccupied => None,
+            })
+            .fold(self.highest_handed_out, i32::max)
     }
 }
 
@@ -122,7 +133,7 @@ pub enum Allocated {
 pub fn allocate(day: &LotDay, applications: usize) -> Vec<Allocated> {
     let room = usize::try_from((day.capacity - day.occupied).max(0)).unwrap_or(0);
     let gaps = day.gaps.iter().copied().filter(|s| *s >= 1);
-    let above = (day.highest_held.max(0) + 1)..;
+    let above = (day.highest_handed_out.max(0) + 1)..;
     let mut free = gaps.chain(above).take_while(|space| *space <= day.capacity);
     (0..applications)
         .map(|i| match (i < room).then(|| free.next()).flatten() {
@@ -166,15 +177,19 @@ mod tests {
         }
     }
 
-    /// The day as the store reads it when `held` are the spaces taken.
-    fn day(capacity: i32, held: &[i32]) -> LotDay {
-        let highest_held = held.iter().copied().max().unwrap_or(0);
+    /// The day as the store reads it when `held` are the spaces taken and spaces up to
+    /// `highest` were handed out once.
+    fn day_handed(capacity: i32, held: &[i32], highest: i32) -> LotDay {
         LotDay {
             capacity,
             occupied: held.len() as i32,
-            highest_held,
-            gaps: (1..highest_held).filter(|s| !held.contains(s)).collect(),
+            highest_handed_out: highest,
+            gaps: (1..=highest).filter(|s| !held.contains(s)).collect(),
         }
+    }
+
+    fn day(capacity: i32, held: &[i32]) -> LotDay {
+        day_handed(capacity, held, held.iter().copied().max().unwrap_or(0))
     }
 
     fn spaces(decisions: &[Allocated]) -> Vec<Option<i32>> {
@@ -215,15 +230,16 @@ mod tests {
                     continue;
                 }
                 for n in 0..=9 {
-                    let got: Vec<i32> = spaces(&allocate(&day(capacity, &held), n))
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    let expected: Vec<i32> = (1..=capacity)
-                        .filter(|s| !held.contains(s))
-                        .take(n.min((capacity - held.len() as i32).max(0) as usize))
-                        .collect();
-                    assert_eq!(got, expected, "capacity {capacity} held {held:?} n {n}");
+                    // Handed out up to the highest held, or up to 7 (the rest vacated).
+                    for d in [day(capacity, &held), day_handed(capacity, &held, 7)] {
+                        let got: Vec<i32> =
+                            spaces(&allocate(&d, n)).into_iter().flatten().collect();
+                        let expected: Vec<i32> = (1..=capacity)
+                            .filter(|s| !held.contains(s))
+                            .take(n.min((capacity - held.len() as i32).max(0) as usize))
+                            .collect();
+                        assert_eq!(got, expected, "capacity {capacity} held {held:?} n {n}");
+                    }
                 }
             }
         }

@@ -8,7 +8,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        db::with_shared(vec![Box::new(CreateQuotaAndAllocations)])
+        db::with_shared(vec![
+            Box::new(CreateQuotaAndAllocations),
+            Box::new(HighestSpace),
+        ])
     }
 }
 
@@ -18,6 +21,7 @@ enum DailyQuota {
     Date,
     Capacity,
     Occupied,
+    HighestSpace,
 }
 
 #[derive(DeriveIden)]
@@ -100,6 +104,44 @@ impl MigrationTrait for CreateQuotaAndAllocations {
             manager,
             "CREATE UNIQUE INDEX IF NOT EXISTS allocations_one_per_space \
              ON allocations (reservation_date, space_number) WHERE state = 'OCCUPIED'",
+        )
+        .await
+    }
+}
+
+/// The highest space number a day ever handed out, kept on the day's row: allocation reads
+/// it with the day's lock instead of a MAX over the day's allocations at every batch.
+struct HighestSpace;
+
+impl MigrationName for HighestSpace {
+    fn name(&self) -> &str {
+        "m0003_parking_lot_highest_space"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for HighestSpace {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if !manager.has_column("daily_quota", "highest_space").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(DailyQuota::Table)
+                        .add_column(
+                            ColumnDef::new(DailyQuota::HighestSpace)
+                                .integer()
+                                .not_null()
+                                .default(0),
+                        )
+                        .to_owned(),
+                )
+                .await?;
+        }
+        // Days allocated before this column: every space up to the highest was handed out.
+        db::execute_sql(
+            manager,
+            "UPDATE daily_quota SET highest_space = COALESCE((SELECT MAX(a.space_number) \
+             FROM allocations a WHERE a.reservation_date = daily_quota.date), 0)",
         )
         .await
     }

@@ -3,9 +3,10 @@
 //! Applications are allocated a batch at a time: the batch's days are locked (PostgreSQL:
 //! `SELECT .. FOR UPDATE` in date order, so replicas never wait on each other in a cycle;
 //! SQLite: the unit of work holds the database's write lock), read (capacity, counter,
-//! highest space held and the gaps below it), decided by the domain, and written back with
-//! one conditional update per day (`occupied = occupied + n WHERE occupied + n <=
-//! capacity`, never count-then-insert) and one insert of every allocation. The partial
+//! highest space handed out and the gaps up to it), decided by the domain, and written
+//! back with one conditional update of every day's counter (`occupied = occupied + n WHERE
+//! occupied + n <= capacity`, never count-then-insert) and one insert of every allocation:
+//! a constant number of statements per batch, however many days and applications. The partial
 //! unique index on (day, space) of OCCUPIED allocations is the second guard.
 
 use crate::domain::{allocate, Allocated, AllocationState, LotDay};
@@ -26,6 +27,8 @@ pub mod quota {
         /// Admin override; `None` means the configured default.
         pub capacity: Option<i32>,
         pub occupied: i32,
+        /// The highest space number ever handed out that day.
+        pub highest_space: i32,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -114,6 +117,7 @@ impl Store {
             date: Set(date.clone()),
             capacity: Set(None),
             occupied: Set(0),
+            highest_space: Set(0),
         }))
         .on_conflict(
             OnConflict::column(quota::Column::Date)
@@ -224,6 +228,8 @@ impl Store {
         let days = self.lock_days(work, &dates).await?;
         let now = chrono::Utc::now();
         let mut decisions = Vec::with_capacity(applications.len());
+        // (day, spaces taken, highest space handed out after) of every day that took some.
+        let mut counted: Vec<(String, i32, i32)> = Vec::new();
         for (date, waiting) in &by_day {
             let day = days
                 .get(*date)
@@ -234,24 +240,7 @@ impl Store {
                 .filter(|a| matches!(a, Allocated::Occupied { .. }))
                 .count() as i32;
             if taken > 0 {
-                // The counter's own guard: the domain's answer must fit the capacity in force.
-                let updated = quota::Entity::update_many()
-                    .col_expr(
-                        quota::Column::Occupied,
-                        Expr::col(quota::Column::Occupied).add(taken),
-                    )
-                    .filter(quota::Column::Date.eq(*date))
-                    .filter(
-                        Expr::expr(Expr::col(quota::Column::Occupied).add(taken))
-                            .lte(self.capacity_expr()),
-                    )
-                    .exec(db)
-                    .await?;
-                if updated.rows_affected != 1 {
-                    return Err(DbErr::Custom(format!(
-                        "{taken} spaces do not fit the capacity of {date} any more"
-                    )));
-                }
+                counted.push(((*date).to_owned(), taken, day.highest_after(&answers)));
             }
             for (application, answer) in waiting.iter().zip(answers) {
                 decisions.push(Decision {
@@ -262,6 +251,7 @@ impl Store {
                 });
             }
         }
+        self.count_taken(work, &counted).await?;
         let ids = self.insert_allocations(work, &decisions, now).await?;
         for decision in &mut decisions {
             decision.parking_lot_id = ids
@@ -277,8 +267,8 @@ impl Store {
         Ok(decisions)
     }
 
-    /// Creates the days' quota rows if needed and reads them under lock, with the highest
-    /// space held and, where there are any, the gaps below it.
+    /// Creates the days' quota rows if needed and reads them under lock, with, where there
+    /// are any, the gaps up to the highest space handed out.
     async fn lock_days(
         &self,
         work: &UnitOfWork,
@@ -293,36 +283,22 @@ impl Store {
             query = query.lock_exclusive();
         }
         let rows = query.all(db).await?;
-        let highest: Vec<(String, Option<i32>)> = allocation::Entity::find()
-            .select_only()
-            .column(allocation::Column::ReservationDate)
-            .column_as(allocation::Column::SpaceNumber.max(), "highest")
-            .filter(allocation::Column::ReservationDate.is_in(dates.to_vec()))
-            .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
-            .group_by(allocation::Column::ReservationDate)
-            .into_tuple()
-            .all(db)
-            .await?;
-        let highest: HashMap<String, i32> = highest
-            .into_iter()
-            .map(|(date, h)| (date, h.unwrap_or(0)))
-            .collect();
         let mut days = HashMap::with_capacity(rows.len());
         for row in rows {
-            let highest_held = highest.get(&row.date).copied().unwrap_or(0);
             let capacity = row.capacity.unwrap_or(self.default_capacity);
-            let gaps = if LotDay::has_gaps(row.occupied, highest_held) && row.occupied < capacity {
-                self.gaps(work, &row.date, highest_held.min(capacity + 1))
-                    .await?
-            } else {
-                Vec::new()
-            };
+            let gaps =
+                if LotDay::has_gaps(row.occupied, row.highest_space) && row.occupied < capacity {
+                    self.gaps(work, &row.date, row.highest_space.min(capacity))
+                        .await?
+                } else {
+                    Vec::new()
+                };
             days.insert(
                 row.date,
                 LotDay {
                     capacity,
                     occupied: row.occupied,
-                    highest_held,
+                    highest_handed_out: row.highest_space,
                     gaps,
                 },
             );
@@ -330,22 +306,22 @@ impl Store {
         Ok(days)
     }
 
-    /// Free spaces of a day below `below`: vacated and not taken again (the partial unique
+    /// Free spaces of a day up to `up_to`: vacated and not taken again (the partial unique
     /// index on held spaces answers the NOT EXISTS).
-    async fn gaps(&self, work: &UnitOfWork, date: &str, below: i32) -> Result<Vec<i32>, DbErr> {
+    async fn gaps(&self, work: &UnitOfWork, date: &str, up_to: i32) -> Result<Vec<i32>, DbErr> {
         let held = AllocationState::Occupied.as_str();
         let vacated = AllocationState::Vacated.as_str();
         let backend = work.backend();
         let sql = match backend {
             DbBackend::Postgres => {
                 "SELECT DISTINCT v.space_number FROM allocations v \
-                 WHERE v.reservation_date = $1 AND v.state = $2 AND v.space_number < $3 \
+                 WHERE v.reservation_date = $1 AND v.state = $2 AND v.space_number <= $3 \
                  AND NOT EXISTS (SELECT 1 FROM allocations o WHERE o.reservation_date = $1 \
                  AND o.state = $4 AND o.space_number = v.space_number) ORDER BY 1"
             }
             _ => {
                 "SELECT DISTINCT v.space_number FROM allocations v \
-                 WHERE v.reservation_date = ?1 AND v.state = ?2 AND v.space_number < ?3 \
+                 WHERE v.reservation_date = ?1 AND v.state = ?2 AND v.space_number <= ?3 \
                  AND NOT EXISTS (SELECT 1 FROM allocations o WHERE o.reservation_date = ?1 \
                  AND o.state = ?4 AND o.space_number = v.space_number) ORDER BY 1"
             }
@@ -353,7 +329,7 @@ impl Store {
         let statement = sea_orm::Statement::from_sql_and_values(
             backend,
             sql,
-            [date.into(), vacated.into(), below.into(), held.into()],
+            [date.into(), vacated.into(), up_to.into(), held.into()],
         );
         work.db()
             .query_all(statement)
@@ -361,6 +337,47 @@ impl Store {
             .into_iter()
             .map(|row| row.try_get_by_index::<i32>(0))
             .collect()
+    }
+
+    /// Adds the spaces each day took to its counter, in one statement: `occupied + n`
+    /// only where it fits the capacity in force (the counter's own guard on the domain's
+    /// answer), and the highest space handed out.
+    async fn count_taken(
+        &self,
+        work: &UnitOfWork,
+        counted: &[(String, i32, i32)],
+    ) -> Result<(), DbErr> {
+        if counted.is_empty() {
+            return Ok(());
+        }
+        let by_day = |value: fn(&(String, i32, i32)) -> i32| {
+            let mut case = sea_orm::sea_query::CaseStatement::new();
+            for day in counted {
+                case = case.case(quota::Column::Date.eq(day.0.as_str()), value(day));
+            }
+            case.finally(0)
+        };
+        let taken = Expr::expr(by_day(|d| d.1));
+        let updated = quota::Entity::update_many()
+            .col_expr(
+                quota::Column::Occupied,
+                Expr::col(quota::Column::Occupied).add(taken.clone()),
+            )
+            .col_expr(quota::Column::HighestSpace, by_day(|d| d.2).into())
+            .filter(quota::Column::Date.is_in(counted.iter().map(|d| d.0.clone())))
+            .filter(
+                Expr::expr(Expr::col(quota::Column::Occupied).add(taken)).lte(self.capacity_expr()),
+            )
+            .exec(work.db())
+            .await?;
+        if updated.rows_affected != counted.len() as u64 {
+            return Err(DbErr::Custom(format!(
+                "the spaces taken do not fit the capacity of {} of {} days any more",
+                counted.len() as u64 - updated.rows_affected,
+                counted.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Inserts the batch's allocations in one statement per chunk; their ids by reservation.

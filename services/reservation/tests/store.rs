@@ -146,7 +146,6 @@ async fn settle_moves_only_requested_reservations(backend: Backend) {
     assert_eq!(state(&store, r6).await, Requested);
 }
 
-
 /// ReserveTicket's group commit: many calls at once, some of them a second ticket for the
 /// same member and day or a replay of the same request id, each answered as if alone;
 /// exactly one TicketReserved per stored application.
@@ -196,7 +195,11 @@ async fn concurrent_reserves_share_commits_and_keep_their_answers(backend: Backe
         Reserved::New(r) if r.member_id == 1_002 => Some(r.id),
         _ => None,
     });
-    assert_eq!(first, Some(replayed[0]), "a replay answers the first result");
+    assert_eq!(
+        first,
+        Some(replayed[0]),
+        "a replay answers the first result"
+    );
     // Every stored application has its event, and only those.
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 301);
     let mut ids: Vec<i64> = answers
