@@ -9,6 +9,12 @@
 //!   that span's context as the NATS `traceparent` header; a consumer span is a child of
 //!   that header's context and links to it (see `outbox` and `consumer`).
 
+/// The header the gateway gives every call it forwards (a fresh UUID, whatever the client
+/// sent, as Envoy does at the edge). A retry of the call (the mesh's retry policy) carries
+/// the same value, so a backend can tell a retry from a new call: ReserveTicket uses it as
+/// the idempotency key when the client gave none.
+pub const REQUEST_ID: &str = "x-request-id";
+
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
 use std::task::{Context as TaskContext, Poll};

@@ -149,6 +149,11 @@ impl Guard {
         }
         headers.remove(http::header::AUTHORIZATION);
         caller.insert_into(headers)?;
+        // One id per call, kept by the mesh's retries of it (see propagation::REQUEST_ID).
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&id) {
+            headers.insert(parking_common::propagation::REQUEST_ID, value);
+        }
         Ok(caller)
     }
 
@@ -270,6 +275,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(all("x-parking-role"), ["employee"]);
+        assert_eq!(all("x-request-id").len(), 1, "one fresh request id");
         assert_eq!(all("x-parking-subject"), ["3117"]);
         assert!(all("x-parking-anything").is_empty());
         assert!(

@@ -28,9 +28,16 @@ fn to_pb(r: TicketReservation) -> pb::TicketReservation {
         member_id: r.member_id,
         reservation_date: format_day(r.date),
         state: state.into(),
-        request_id: r.request_id.unwrap_or_default(),
+        // The key of a call the client gave none for is ours, not theirs to see.
+        request_id: r
+            .request_id
+            .filter(|id| !id.starts_with(CALL_KEY))
+            .unwrap_or_default(),
     }
 }
+
+/// Prefix of the idempotency key taken from the gateway's request id.
+const CALL_KEY: &str = "call:";
 
 #[tonic::async_trait]
 impl pb::ticket_reservation_service_server::TicketReservationService for Api {
@@ -39,14 +46,27 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         request: Request<pb::ReserveTicketRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
+        // Without a request_id of the client's, the gateway's id of this call: a retry of
+        // it by the mesh (the first try committed, its answer was lost) returns the first
+        // result instead of "already holds a ticket".
+        let retry_key = request
+            .metadata()
+            .get(parking_common::propagation::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(|id| format!("{CALL_KEY}{id}"));
         let req = request.into_inner();
         caller.may_act_for(req.member_id)?;
         let date = self
             .calendar
             .bookable_day("reservation_date", &req.reservation_date)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let app = Application::new(req.member_id, date, &req.request_id)
+        let mut app = Application::new(req.member_id, date, &req.request_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if app.request_id.is_none() {
+            app.request_id = retry_key
+                .and_then(|key| Application::new(req.member_id, date, &key).ok())
+                .and_then(|keyed| keyed.request_id);
+        }
         match self.store.reserve(&app).await.map_err(|e| db_status("ReserveTicket", e))? {
             Reserved::New(r) => {
                 correlate(r.id);
