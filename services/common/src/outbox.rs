@@ -187,6 +187,10 @@ impl Relay {
         let mut failures: u32 = 0;
         let mut stream_ready = false;
         let mut last_purge = tokio::time::Instant::now();
+        // Where the last round ended, so a round need not walk the index entries of rows
+        // already sent (on PostgreSQL they stay until vacuum, and a busy outbox has many).
+        // Woken by the timer or after an error, the relay sweeps from the start instead.
+        let mut cursor = Cursor::default();
         loop {
             let round = async {
                 if !stream_ready {
@@ -195,7 +199,7 @@ impl Relay {
                         .map_err(|e| e.to_string())?;
                     stream_ready = true;
                 }
-                self.drain().await
+                self.drain(&mut cursor).await
             };
             let outcome = tokio::select! {
                 r = round => Some(r),
@@ -219,6 +223,7 @@ impl Relay {
                 Some(Err(error)) => {
                     // The stream may be what is missing (a NATS that lost its state).
                     stream_ready = false;
+                    cursor.sweep();
                     failures = failures.saturating_add(1);
                     let backoff = Duration::from_millis(100 << failures.min(6));
                     tracing::warn!(%error, ?backoff, "outbox relay could not publish, retrying");
@@ -227,12 +232,13 @@ impl Relay {
             };
             tokio::select! {
                 _ = self.outbox.committed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => cursor.sweep(),
                 _ = shutdown.cancelled() => break,
             }
         }
         // Last flush: what was committed before the signal goes out now if NATS is there.
-        match tokio::time::timeout(Duration::from_secs(5), self.drain()).await {
+        cursor.sweep();
+        match tokio::time::timeout(Duration::from_secs(5), self.drain(&mut cursor)).await {
             Ok(Ok(n)) if n > 0 => tracing::info!(published = n, "outbox flushed at shutdown"),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "outbox rows left unsent at shutdown; they go out at the next start")
@@ -242,16 +248,18 @@ impl Relay {
         }
     }
 
-    /// Publishes every unsent row, a batch at a time. Returns how many went out.
-    async fn drain(&self) -> Result<usize, String> {
+    /// Publishes every unsent row from `cursor` on, a batch at a time. Returns how many
+    /// went out.
+    async fn drain(&self, cursor: &mut Cursor) -> Result<usize, String> {
         let mut total = 0;
         loop {
-            let (published, full) = match self.db.get_database_backend() {
+            let from = cursor.from();
+            let (published, full, last) = match self.db.get_database_backend() {
                 // Replicas sharing a PostgreSQL database each take rows no other relay holds
                 // (FOR UPDATE SKIP LOCKED), kept locked until they are marked sent.
                 DbBackend::Postgres => {
                     let txn = self.db.begin().await.map_err(|e| e.to_string())?;
-                    let round = self.round(&txn).await;
+                    let round = self.round(&txn, from).await;
                     match round {
                         Ok(done) => {
                             txn.commit().await.map_err(|e| e.to_string())?;
@@ -266,8 +274,9 @@ impl Relay {
                 // SQLite has one writer: a transaction held while publishing would stall
                 // every use case of the service. Replicas sharing a file (tests only) may
                 // publish a row twice; JetStream drops the second by its Nats-Msg-Id.
-                _ => self.round(&self.db).await?,
+                _ => self.round(&self.db, from).await?,
             };
+            cursor.advance(last);
             total += published;
             if !full {
                 return Ok(total);
@@ -275,12 +284,17 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of unsent rows with every publish ack in flight, then marks the
-    /// acknowledged ones sent in one statement. Returns how many went out and whether the
-    /// batch was full (more may wait).
-    async fn round<C: ConnectionTrait>(&self, db: &C) -> Result<(usize, bool), String> {
+    /// Publishes one batch of unsent rows with ids above `from`, with every publish ack in
+    /// flight, then marks the acknowledged ones sent in one statement. Returns how many
+    /// went out, whether the batch was full (more may wait) and the last id published.
+    async fn round<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        from: i64,
+    ) -> Result<(usize, bool, i64), String> {
         let mut unsent = Entity::find()
             .filter(Column::SentAt.is_null())
+            .filter(Column::Id.gt(from))
             .order_by_asc(Column::Id)
             .limit(BATCH);
         if db.get_database_backend() == DbBackend::Postgres {
@@ -288,7 +302,7 @@ impl Relay {
         }
         let rows = unsent.all(db).await.map_err(|e| e.to_string())?;
         if rows.is_empty() {
-            return Ok((0, false));
+            return Ok((0, false, from));
         }
         let full = rows.len() as u64 == BATCH;
         let mut acks = Vec::with_capacity(rows.len());
@@ -370,7 +384,8 @@ impl Relay {
                 rows.len()
             ));
         }
-        Ok((sent.len(), full))
+        let last = sent.iter().copied().max().unwrap_or(from);
+        Ok((sent.len(), full, last))
     }
 
     async fn purge_sent(&self) {
@@ -385,6 +400,31 @@ impl Relay {
         {
             tracing::warn!(%error, "cannot purge sent outbox rows");
         }
+    }
+}
+
+/// Where the relay's next round starts. Ids are given at insert but transactions commit in
+/// any order, so a row may commit below the last id published: rounds start a margin below
+/// it, and the timer's sweep (every second when idle) starts from the beginning.
+#[derive(Debug, Default)]
+struct Cursor {
+    last: i64,
+}
+
+impl Cursor {
+    /// Rows committed this far below the last id published are still seen at once.
+    const MARGIN: i64 = 4 * BATCH as i64;
+
+    fn from(&self) -> i64 {
+        (self.last - Self::MARGIN).max(0)
+    }
+
+    fn advance(&mut self, last: i64) {
+        self.last = self.last.max(last);
+    }
+
+    fn sweep(&mut self) {
+        self.last = 0;
     }
 }
 
@@ -427,5 +467,24 @@ pub async fn sample(db: DatabaseConnection, metrics: OutboxMetrics, shutdown: Ca
                 tracing::debug!(%error, "outbox backlog not measured")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_starts_a_margin_below_the_last_id_and_sweeps_from_zero() {
+        let mut cursor = Cursor::default();
+        assert_eq!(cursor.from(), 0);
+        cursor.advance(5000);
+        assert_eq!(cursor.from(), 5000 - Cursor::MARGIN);
+        // A round that published nothing newer does not move it back.
+        cursor.advance(10);
+        assert_eq!(cursor.from(), 5000 - Cursor::MARGIN);
+        cursor.advance(100);
+        cursor.sweep();
+        assert_eq!(cursor.from(), 0);
     }
 }
