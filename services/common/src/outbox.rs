@@ -51,6 +51,8 @@ impl ActiveModelBehavior for ActiveModel {}
 
 /// Rows published per round; also the publish acks kept in flight.
 const BATCH: u64 = 256;
+/// How often the relay publishes from the table's start rather than from its cursor.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long sent rows are kept for inspection before they are purged.
 const KEEP_SENT: Duration = Duration::from_secs(3600);
 
@@ -191,7 +193,16 @@ impl Relay {
         // already sent (on PostgreSQL they stay until vacuum, and a busy outbox has many).
         // Woken by the timer or after an error, the relay sweeps from the start instead.
         let mut cursor = Cursor::default();
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
+            // Commits may wake the relay more often than its timer: sweep by the clock too,
+            // so a row committed below the cursor never waits for a quiet second.
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                cursor.sweep();
+            }
+            if cursor.last == 0 {
+                last_sweep = tokio::time::Instant::now();
+            }
             let round = async {
                 if !stream_ready {
                     crate::nats::ensure_stream(&self.js, &self.outbox.namespace, self.context)

@@ -13,6 +13,7 @@
 
 use crate::outbox::Outbox;
 use crate::pb::{event_envelope::Payload, EventEnvelope};
+use futures::FutureExt;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait,
 };
@@ -148,7 +149,15 @@ impl<G: Grouped> GroupCommit<G> {
                     }
                 }
                 let (calls, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                match commit_group(&use_case, &db, &outbox, &calls).await {
+                // A panic in the use case fails its group, not every later call.
+                let committed =
+                    std::panic::AssertUnwindSafe(commit_group(&use_case, &db, &outbox, &calls))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(DbErr::Custom("the group's use case panicked".into()))
+                        });
+                match committed {
                     Ok(answers) => {
                         for (reply, answer) in replies.into_iter().zip(answers) {
                             // A caller that gave up is fine: its work is committed anyway.

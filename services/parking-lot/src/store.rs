@@ -13,7 +13,7 @@ use crate::domain::{allocate, Allocated, AllocationState, LotDay};
 use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Func, OnConflict, Query};
-use sea_orm::{ActiveValue::Set, DbBackend, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ActiveValue::Set, Condition, DbBackend, QueryOrder, QuerySelect, TransactionTrait};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub mod quota {
@@ -283,22 +283,49 @@ impl Store {
             query = query.lock_exclusive();
         }
         let rows = query.all(db).await?;
+        // A space held above a day's highest_space (handed out by a replica older than the
+        // column, during a rolling deploy) raises it: the ranges are empty as a rule, and
+        // the partial index answers them without reading the day's allocations.
+        let mut above = Condition::any();
+        for row in &rows {
+            above = above.add(
+                Condition::all()
+                    .add(allocation::Column::ReservationDate.eq(row.date.as_str()))
+                    .add(allocation::Column::SpaceNumber.gt(row.highest_space)),
+            );
+        }
+        let held_above: HashMap<String, Option<i32>> = allocation::Entity::find()
+            .select_only()
+            .column(allocation::Column::ReservationDate)
+            .column_as(allocation::Column::SpaceNumber.max(), "highest")
+            .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
+            .filter(above)
+            .group_by(allocation::Column::ReservationDate)
+            .into_tuple::<(String, Option<i32>)>()
+            .all(db)
+            .await?
+            .into_iter()
+            .collect();
         let mut days = HashMap::with_capacity(rows.len());
         for row in rows {
             let capacity = row.capacity.unwrap_or(self.default_capacity);
-            let gaps =
-                if LotDay::has_gaps(row.occupied, row.highest_space) && row.occupied < capacity {
-                    self.gaps(work, &row.date, row.highest_space.min(capacity))
-                        .await?
-                } else {
-                    Vec::new()
-                };
+            let highest = held_above
+                .get(&row.date)
+                .copied()
+                .flatten()
+                .unwrap_or(0)
+                .max(row.highest_space);
+            let gaps = if LotDay::has_gaps(row.occupied, highest) && row.occupied < capacity {
+                self.gaps(work, &row.date, highest.min(capacity)).await?
+            } else {
+                Vec::new()
+            };
             days.insert(
                 row.date,
                 LotDay {
                     capacity,
                     occupied: row.occupied,
-                    highest_handed_out: row.highest_space,
+                    highest_handed_out: highest,
                     gaps,
                 },
             );
