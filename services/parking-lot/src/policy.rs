@@ -127,12 +127,20 @@ impl CallingPolicy for Vacate {
         work: &mut UnitOfWork,
         batch: &[(&Event, &bool)],
     ) -> Result<(), HandleError> {
+        // Days in date order, the order allocation locks them in: a cycle between the two
+        // policies' transactions (a PostgreSQL deadlock) cannot form. One cancellation per
+        // reservation, so no reservation's events change order.
+        let mut batch = batch.to_vec();
+        batch.sort_by_key(|(event, _)| match &event.payload {
+            Payload::TicketReservationCanceled(e) => e.reservation_date.clone(),
+            _ => String::new(),
+        });
         for (event, delivery_canceled) in batch {
             let Payload::TicketReservationCanceled(e) = &event.payload else {
                 continue;
             };
             let allocation = Store::allocation_in(work.db(), e.reservation_id).await?;
-            match on_cancel_confirmed(allocation.as_ref().map(|a| a.state), **delivery_canceled) {
+            match on_cancel_confirmed(allocation.as_ref().map(|a| a.state), *delivery_canceled) {
                 Vacating::Nothing => {}
                 Vacating::RecordEarlyCancel => {
                     let date = event_day(&e.reservation_date)?;
