@@ -61,7 +61,8 @@ impl std::str::FromStr for OptionalAddr {
     }
 }
 
-fn parse_namespace(value: &str) -> Result<String, String> {
+/// EVENT_NAMESPACE's rule, for every binary that takes one (services and gateway).
+pub fn parse_namespace(value: &str) -> Result<String, String> {
     let ok = !value.is_empty()
         && value.len() <= 32
         && value

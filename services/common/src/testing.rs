@@ -291,3 +291,19 @@ impl Drop for TestNats {
         });
     }
 }
+
+/// `consumer_events_total` of `outcome` as `registry` reports it (0 when absent).
+pub fn consumer_events(registry: &prometheus_client::registry::Registry, outcome: &str) -> u64 {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return 0;
+    }
+    text.lines()
+        .find(|line| {
+            line.starts_with("consumer_events_total{")
+                && line.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

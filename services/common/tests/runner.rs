@@ -10,7 +10,7 @@ use parking_common::events::{envelope, EventContext};
 use parking_common::outbox::{self, Outbox};
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{EventEnvelope, FullyOccupied, TicketReserved};
-use parking_common::testing::{Backend, SharedMigrator, TestDb, TestNats};
+use parking_common::testing::{consumer_events, Backend, SharedMigrator, TestDb, TestNats};
 use parking_common::unit::UnitOfWork;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,20 +62,6 @@ fn reserved(id: i64, day: &str) -> EventEnvelope {
     )
 }
 
-/// `consumer_events_total` of `outcome` as the registry reports it.
-fn handled(registry: &prometheus_client::registry::Registry, outcome: &str) -> u64 {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-    text.lines()
-        .find(|line| {
-            line.starts_with("consumer_events_total{")
-                && line.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(0)
-}
-
 /// A batch with a poison event and an undecodable message in the middle: the rest are
 /// applied, those two are terminated (never redelivered); everything published again
 /// changes nothing.
@@ -125,9 +111,9 @@ async fn a_poison_event_does_not_hold_up_the_batch(backend: Backend) {
 
     nats.drained(EventContext::Reservation, DURABLE, Duration::from_secs(20))
         .await;
-    assert_eq!(handled(&registry, "done"), 8);
-    assert_eq!(handled(&registry, "poison"), 2);
-    assert_eq!(handled(&registry, "failed"), 0);
+    assert_eq!(consumer_events(&registry, "done"), 8);
+    assert_eq!(consumer_events(&registry, "poison"), 2);
+    assert_eq!(consumer_events(&registry, "failed"), 0);
     assert_eq!(policy.applied.load(Ordering::SeqCst), 8);
     // Eight answers staged and committed, none for the poison one.
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 8);
@@ -139,8 +125,8 @@ async fn a_poison_event_does_not_hold_up_the_batch(backend: Backend) {
     }
     nats.drained(EventContext::Reservation, DURABLE, Duration::from_secs(20))
         .await;
-    assert_eq!(handled(&registry, "done"), 16);
-    assert_eq!(handled(&registry, "poison"), 3);
+    assert_eq!(consumer_events(&registry, "done"), 16);
+    assert_eq!(consumer_events(&registry, "poison"), 3);
     assert_eq!(policy.applied.load(Ordering::SeqCst), 8);
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 8);
 

@@ -120,7 +120,7 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// Prefix of the services' streams (`<NS>_RESERVATION`, ...), as they are given it.
-    #[arg(long, env = "EVENT_NAMESPACE", default_value = "parking", value_parser = parse_namespace)]
+    #[arg(long, env = "EVENT_NAMESPACE", default_value = "parking", value_parser = parking_common::config::parse_namespace)]
     pub event_namespace: String,
     /// `/status` is degraded while a durable consumer has more events than this pending.
     #[arg(long, env = "STATUS_BACKLOG_DEGRADED", default_value_t = 1000)]
@@ -129,20 +129,6 @@ pub struct Config {
     /// this many seconds.
     #[arg(long, env = "STATUS_BACKLOG_MAX_AGE_SECS", default_value_t = 5.0, value_parser = parse_age)]
     pub status_backlog_max_age_secs: f64,
-}
-
-/// The services' rule for EVENT_NAMESPACE (services/common's EventArgs).
-fn parse_namespace(value: &str) -> Result<String, String> {
-    let ok = !value.is_empty()
-        && value.len() <= 32
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if ok {
-        Ok(value.to_owned())
-    } else {
-        Err("use 1 to 32 lower-case letters, digits, '_' or '-'".to_owned())
-    }
 }
 
 fn parse_age(value: &str) -> Result<f64, String> {

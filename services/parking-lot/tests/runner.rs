@@ -7,7 +7,7 @@ use parking_common::events::{envelope, EventContext};
 use parking_common::outbox::{self, Outbox};
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{EventEnvelope, TicketReserved};
-use parking_common::testing::{Backend, TestDb, TestNats};
+use parking_common::testing::{consumer_events, Backend, TestDb, TestNats};
 use parking_lot::domain::AllocationState;
 use parking_lot::migration::Migrator;
 use parking_lot::policy::{Allocate, ALLOCATE};
@@ -28,20 +28,6 @@ fn reserved(id: i64, day: &str) -> EventEnvelope {
             reservation_date: day.into(),
         }),
     )
-}
-
-/// `consumer_events_total` of `outcome` as the registry reports it.
-fn handled(registry: &prometheus_client::registry::Registry, outcome: &str) -> u64 {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-    text.lines()
-        .find(|line| {
-            line.starts_with("consumer_events_total{")
-                && line.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .map(|n| n.parse().unwrap())
-        .unwrap_or(0)
 }
 
 /// What the allocations say: (reservation id, state, space), by reservation.
@@ -100,9 +86,9 @@ async fn allocation_goes_past_a_poison_event(backend: Backend) {
 
     nats.drained(EventContext::Reservation, ALLOCATE, Duration::from_secs(20))
         .await;
-    assert_eq!(handled(&registry, "done"), 7);
-    assert_eq!(handled(&registry, "poison"), 2);
-    assert_eq!(handled(&registry, "failed"), 0);
+    assert_eq!(consumer_events(&registry, "done"), 7);
+    assert_eq!(consumer_events(&registry, "poison"), 2);
+    assert_eq!(consumer_events(&registry, "failed"), 0);
     let first = allocations(&test.db).await;
     assert_eq!(first.len(), 7);
     assert!(first.iter().all(|(id, _, _)| *id != 4));
@@ -130,8 +116,8 @@ async fn allocation_goes_past_a_poison_event(backend: Backend) {
     }
     nats.drained(EventContext::Reservation, ALLOCATE, Duration::from_secs(20))
         .await;
-    assert_eq!(handled(&registry, "done"), 14);
-    assert_eq!(handled(&registry, "poison"), 3);
+    assert_eq!(consumer_events(&registry, "done"), 14);
+    assert_eq!(consumer_events(&registry, "poison"), 3);
     assert_eq!(allocations(&test.db).await, first);
     assert_eq!(store.day(DAY).await.unwrap().occupied, 5);
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 7);
