@@ -65,16 +65,9 @@ impl Svc {
     }
 }
 
-/// NATS for tests: NATS_URL or the local default.
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// PostgreSQL for tests: an admin URL whose server may create databases.
-pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+/// NATS (`NATS_URL`) and the PostgreSQL server (`TEST_POSTGRES_URL`) tests use: the same
+/// as the in-process tests'.
+pub use parking_common::testing::{nats_url, postgres_admin_url};
 
 /// Where the built binaries are.
 pub fn bin_dir() -> PathBuf {

@@ -674,42 +674,29 @@ async fn same_request_id_returns_the_first_result(backend: Backend) {
 
     // Without a request_id, a retry of one call (the mesh resends it with the gateway's
     // x-request-id) gets the first answer; a new call is a second ticket, refused.
-    let call = |call_id: &str| {
-        let mut request = tonic::Request::new(pb::ReserveTicketRequest {
-            member_id: 901,
-            reservation_date: date.clone(),
-            request_id: String::new(),
-        });
-        request
-            .metadata_mut()
-            .insert("x-request-id", call_id.parse().unwrap());
-        request
+    let call = |call_id: &'static str| {
+        let c = &c;
+        let date = date.clone();
+        async move {
+            let mut request = tonic::Request::new(pb::ReserveTicketRequest {
+                member_id: 901,
+                reservation_date: date,
+                request_id: String::new(),
+            });
+            request
+                .metadata_mut()
+                .insert("x-request-id", call_id.parse().unwrap());
+            c.reservation().await.reserve_ticket(request).await
+        }
     };
-    let first = c
-        .reservation()
-        .await
-        .reserve_ticket(call("3f1c-a"))
-        .await
-        .unwrap()
-        .into_inner();
-    let retried = c
-        .reservation()
-        .await
-        .reserve_ticket(call("3f1c-a"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = call("3f1c-a").await.unwrap().into_inner();
+    let retried = call("3f1c-a").await.unwrap().into_inner();
     assert_eq!(first.id, retried.id, "a retry answers the first result");
     assert_eq!(
         retried.request_id, "",
         "the call's key is not the client's request_id"
     );
-    let second = c
-        .reservation()
-        .await
-        .reserve_ticket(call("3f1c-b"))
-        .await
-        .unwrap_err();
+    let second = call("3f1c-b").await.unwrap_err();
     assert_eq!(second.code(), tonic::Code::AlreadyExists, "{second:?}");
     wait_state(&c, first.id, State::Confirmed).await;
     assert_eq!(count(&c.events("reservation").await, "TicketReserved"), 2);

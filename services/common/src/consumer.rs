@@ -431,38 +431,24 @@ impl<P: CallingPolicy> Runner<P> {
         }
     }
 
-    /// One unit of work for `batch`: inbox rows first, then the policy's effects on the
-    /// events not applied before, one commit.
+    /// One unit of work for `batch` (see [`apply_checked`]).
     async fn apply(
         &self,
         batch: &[(jetstream::Message, Event, P::Checked)],
     ) -> Result<(), HandleError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut work = UnitOfWork::begin(&self.db, &self.outbox).await?;
-        let ids: Vec<&str> = batch
+        let checked: Vec<(&Event, &P::Checked)> = batch
             .iter()
-            .map(|(_, event, _)| event.envelope.event_id.as_str())
-            .collect();
-        let fresh = inbox::record_new(work.db(), &self.subscription.durable, &ids).await?;
-        let new: Vec<(&Event, &P::Checked)> = batch
-            .iter()
-            .filter(|(_, event, _)| fresh.contains(&event.envelope.event_id))
             .map(|(_, event, checked)| (event, checked))
             .collect();
-        if new.is_empty() {
-            work.rollback().await?;
-            return Ok(());
-        }
-        if let Err(error) = self.policy.apply(&mut work, &new).await {
-            work.rollback().await?;
-            return Err(error);
-        }
-        work.commit().await?;
-        let events: Vec<&Event> = new.into_iter().map(|(event, _)| event).collect();
-        self.policy.applied(&events);
-        Ok(())
+        apply_checked(
+            &*self.policy,
+            &self.db,
+            &self.outbox,
+            &self.subscription.durable,
+            &checked,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Acknowledges (or not) one event by its outcome and counts it.
@@ -540,6 +526,45 @@ async fn bind(
         )
         .await?;
     Ok(consumer)
+}
+
+/// The runner's unit of work for a batch of checked events: the inbox rows of all of them
+/// in `durable`'s inbox first, the policy's effects on those not applied before, one
+/// commit, then [`CallingPolicy::applied`]. Returns how many were new. Public so tests can
+/// run a batch without JetStream.
+pub async fn apply_checked<P: CallingPolicy>(
+    policy: &P,
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    durable: &str,
+    batch: &[(&Event, &P::Checked)],
+) -> Result<usize, HandleError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut work = UnitOfWork::begin(db, outbox).await?;
+    let ids: Vec<&str> = batch
+        .iter()
+        .map(|(event, _)| event.envelope.event_id.as_str())
+        .collect();
+    let fresh = inbox::record_new(work.db(), durable, &ids).await?;
+    let new: Vec<(&Event, &P::Checked)> = batch
+        .iter()
+        .filter(|(event, _)| fresh.contains(&event.envelope.event_id))
+        .copied()
+        .collect();
+    if new.is_empty() {
+        work.rollback().await?;
+        return Ok(0);
+    }
+    if let Err(error) = policy.apply(&mut work, &new).await {
+        work.rollback().await?;
+        return Err(error);
+    }
+    work.commit().await?;
+    let events: Vec<&Event> = new.into_iter().map(|(event, _)| event).collect();
+    policy.applied(&events);
+    Ok(events.len())
 }
 
 /// Decodes a message into an event with its consume span: a child of (and linked to) the

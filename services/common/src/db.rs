@@ -11,8 +11,12 @@
 //! transactions before a power loss or kernel crash may be gone (never a corrupt file).
 //! Batched consumers commit once per batch, so the sync's cost is shared.
 
+use sea_orm::sea_query::{InsertStatement, SimpleExpr};
 use sea_orm::sqlx::sqlite::SqliteSynchronous;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{
+    AccessMode, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    DbErr, IsolationLevel, QueryResult, SqlErr, TransactionTrait,
+};
 use sea_orm_migration::prelude::*;
 use std::time::Duration;
 
@@ -126,6 +130,53 @@ fn sqlite_folder(url: &str) -> Option<String> {
     let parent = std::path::Path::new(path).parent()?;
     let parent = parent.to_str()?;
     (!parent.is_empty()).then(|| parent.to_owned())
+}
+
+/// Rows per multi-row statement: PostgreSQL takes at most 65,535 parameters, and no table
+/// here has more than 8 columns.
+pub const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Adds one row of values to a multi-row INSERT (sea-query refuses a row whose width is
+/// not the column list's).
+pub fn add_row<I>(insert: &mut InsertStatement, values: I) -> Result<(), DbErr>
+where
+    I: IntoIterator<Item = SimpleExpr>,
+{
+    insert
+        .values(values)
+        .map(|_| ())
+        .map_err(|e| DbErr::Custom(e.to_string()))
+}
+
+/// Runs an `INSERT .. RETURNING` and reads each row it returns with `read`.
+pub async fn insert_returning<C, T, F>(
+    db: &C,
+    insert: &InsertStatement,
+    read: F,
+) -> Result<Vec<T>, DbErr>
+where
+    C: ConnectionTrait,
+    F: Fn(&QueryResult) -> Result<T, DbErr>,
+{
+    let statement = db.get_database_backend().build(insert);
+    db.query_all(statement).await?.iter().map(read).collect()
+}
+
+/// A read-only transaction whose reads all see the database at one moment, for an answer
+/// read in several statements (a view and its history). PostgreSQL: REPEATABLE READ (READ
+/// COMMITTED would let a commit land between two reads); SQLite: a read transaction keeps
+/// one WAL snapshot from its first read on.
+pub async fn snapshot(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            db.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await
+        }
+        _ => db.begin().await,
+    }
 }
 
 /// True when the statement broke a unique constraint (a duplicate).

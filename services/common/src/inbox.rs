@@ -2,6 +2,7 @@
 //! transaction as its effect, so a redelivered event (JetStream is at-least-once) finds
 //! its id and changes nothing.
 
+use crate::db;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::ConnectionTrait;
@@ -37,8 +38,7 @@ pub async fn record_new<C: ConnectionTrait>(
 ) -> Result<HashSet<String>, DbErr> {
     let mut fresh = HashSet::with_capacity(event_ids.len());
     let now = chrono::Utc::now();
-    // Bounded statements: PostgreSQL takes at most 65,535 parameters (3 per row).
-    for chunk in event_ids.chunks(1000) {
+    for chunk in event_ids.chunks(db::ROWS_PER_STATEMENT) {
         let mut insert = Query::insert();
         insert
             .into_table(Entity)
@@ -50,14 +50,9 @@ pub async fn record_new<C: ConnectionTrait>(
             )
             .returning_col(Column::EventId);
         for id in chunk {
-            insert
-                .values([consumer.into(), (*id).into(), now.into()])
-                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            db::add_row(&mut insert, [consumer.into(), (*id).into(), now.into()])?;
         }
-        let backend = db.get_database_backend();
-        for row in db.query_all(backend.build(&insert)).await? {
-            fresh.insert(row.try_get::<String>("", "event_id")?);
-        }
+        fresh.extend(db::insert_returning(db, &insert, |row| row.try_get("", "event_id")).await?);
     }
     Ok(fresh)
 }

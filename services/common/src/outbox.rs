@@ -144,8 +144,7 @@ impl Outbox {
                 sent_at: Set(None),
             });
         }
-        // Bounded statements: PostgreSQL takes at most 65,535 parameters (7 per row).
-        for chunk in rows.chunks(1000) {
+        for chunk in rows.chunks(crate::db::ROWS_PER_STATEMENT) {
             Entity::insert_many(chunk.to_vec())
                 .exec_without_returning(db)
                 .await?;
@@ -191,16 +190,13 @@ impl Relay {
         let mut last_purge = tokio::time::Instant::now();
         // Where the last round ended, so a round need not walk the index entries of rows
         // already sent (on PostgreSQL they stay until vacuum, and a busy outbox has many).
-        // Woken by the timer or after an error, the relay sweeps from the start instead.
+        // Once a second (by the clock: commits may wake the relay more often than its
+        // timer) and after an error, it starts from the beginning instead.
         let mut cursor = Cursor::default();
         let mut last_sweep = tokio::time::Instant::now();
         loop {
-            // Commits may wake the relay more often than its timer: sweep by the clock too,
-            // so a row committed below the cursor never waits for a quiet second.
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 cursor.sweep();
-            }
-            if cursor.last == 0 {
                 last_sweep = tokio::time::Instant::now();
             }
             let round = async {
@@ -243,7 +239,7 @@ impl Relay {
             };
             tokio::select! {
                 _ = self.outbox.committed.notified() => {}
-                _ = tokio::time::sleep(wait) => cursor.sweep(),
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -416,7 +412,7 @@ impl Relay {
 
 /// Where the relay's next round starts. Ids are given at insert but transactions commit in
 /// any order, so a row may commit below the last id published: rounds start a margin below
-/// it, and the timer's sweep (every second when idle) starts from the beginning.
+/// it, and a sweep (every second) starts from the beginning.
 #[derive(Debug, Default)]
 struct Cursor {
     last: i64,

@@ -12,17 +12,18 @@
 //! - JetStream at `NATS_URL` (default `nats://127.0.0.1:4222`): [`TestNats`] picks a
 //!   namespace of its own and deletes its streams when dropped.
 
-use crate::consumer::{CallingPolicy, Event, HandleError};
+use crate::consumer::{CallingPolicy, ConsumerMetrics, Event, HandleError, Runner, Subscription};
 use crate::events::{self, EventContext};
 use crate::outbox::Outbox;
 use crate::pb::{event_envelope::Payload, EventEnvelope};
-use crate::unit::UnitOfWork;
 use async_nats::jetstream;
 use prost::Message;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +172,9 @@ pub fn as_event(mut envelope: EventEnvelope) -> Event {
     }
 }
 
-/// What the runner does for one batch, without JetStream: each event checked, one unit of
-/// work whose first statement records the batch in `durable`'s inbox, the policy applied
-/// to the events new to the inbox, one commit. Returns how many were new (and applied).
+/// What the runner does for one batch, without JetStream: each event checked, then the
+/// runner's own unit of work ([`crate::consumer::apply_checked`]). Returns how many were
+/// new (and applied).
 pub async fn apply_batch<P: CallingPolicy>(
     db: &DatabaseConnection,
     outbox: &Outbox,
@@ -185,24 +186,8 @@ pub async fn apply_batch<P: CallingPolicy>(
     for event in batch {
         checked.push(policy.check(event).await?);
     }
-    let mut work = UnitOfWork::begin(db, outbox).await?;
-    let ids: Vec<&str> = batch.iter().map(|e| e.envelope.event_id.as_str()).collect();
-    let fresh = crate::inbox::record_new(work.db(), durable, &ids).await?;
-    let new: Vec<(&Event, &P::Checked)> = batch
-        .iter()
-        .zip(&checked)
-        .filter(|(event, _)| fresh.contains(&event.envelope.event_id))
-        .collect();
-    if new.is_empty() {
-        work.rollback().await?;
-        return Ok(0);
-    }
-    if let Err(error) = policy.apply(&mut work, &new).await {
-        work.rollback().await?;
-        return Err(error);
-    }
-    work.commit().await?;
-    Ok(new.len())
+    let batch: Vec<(&Event, &P::Checked)> = batch.iter().zip(&checked).collect();
+    crate::consumer::apply_checked(policy, db, outbox, durable, &batch).await
 }
 
 /// A JetStream namespace of one test; its streams are deleted when it is dropped.
@@ -292,18 +277,71 @@ impl Drop for TestNats {
     }
 }
 
-/// `consumer_events_total` of `outcome` as `registry` reports it (0 when absent).
-pub fn consumer_events(registry: &prometheus_client::registry::Registry, outcome: &str) -> u64 {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return 0;
+/// A policy running under the real [`Runner`] on a durable of a [`TestNats`] namespace,
+/// with metrics of its own.
+pub struct Running {
+    registry: prometheus_client::registry::Registry,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestNats {
+    /// Runs `policy` on `subscription` in this namespace, on `db` and `outbox`, as the
+    /// services do (batches of 256, 4 checks in flight).
+    pub fn run<P: CallingPolicy>(
+        &self,
+        subscription: Subscription,
+        policy: Arc<P>,
+        db: &DatabaseConnection,
+        outbox: Outbox,
+    ) -> Running {
+        let metrics = ConsumerMetrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let runner = Runner {
+            js: self.js.clone(),
+            namespace: self.namespace.clone(),
+            subscription,
+            policy,
+            db: db.clone(),
+            outbox,
+            batch: 256,
+            concurrency: 4,
+            metrics,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(runner.run(stop.clone()));
+        Running {
+            registry,
+            stop,
+            task,
+        }
     }
-    text.lines()
-        .find(|line| {
-            line.starts_with("consumer_events_total{")
-                && line.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+}
+
+impl Running {
+    /// `consumer_events_total` of `outcome` (0 when absent).
+    pub fn events(&self, outcome: &str) -> u64 {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            return 0;
+        }
+        text.lines()
+            .find(|line| {
+                line.starts_with("consumer_events_total{")
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Cancels the runner and waits (at most 10 s) until it has stopped.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the runner stops when cancelled")
+            .expect("the runner did not panic");
+    }
 }

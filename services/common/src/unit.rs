@@ -15,7 +15,8 @@ use crate::outbox::Outbox;
 use crate::pb::{event_envelope::Payload, EventEnvelope};
 use futures::FutureExt;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QuerySelect, Select, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,6 +48,15 @@ impl UnitOfWork {
     /// SQLite or PostgreSQL: a few statements (row locks) differ.
     pub fn backend(&self) -> DbBackend {
         self.txn.get_database_backend()
+    }
+
+    /// `select` with its rows locked until the commit: `FOR UPDATE` on PostgreSQL; SQLite's
+    /// transaction holds the database's write lock already.
+    pub fn locked<E: EntityTrait>(&self, select: Select<E>) -> Select<E> {
+        match self.backend() {
+            DbBackend::Postgres => select.lock_exclusive(),
+            _ => select,
+        }
     }
 
     /// Publishes `envelope` if the work commits.

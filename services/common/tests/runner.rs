@@ -3,19 +3,16 @@
 //! a FullyOccupied staged in the unit of work; an impossible day is poison.
 #![allow(clippy::unwrap_used)]
 
-use parking_common::consumer::{
-    event_day, ConsumerMetrics, Event, HandleError, Policy, Runner, Subscription,
-};
+use parking_common::consumer::{event_day, Event, HandleError, Policy, Subscription};
 use parking_common::events::{envelope, EventContext};
 use parking_common::outbox::{self, Outbox};
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{EventEnvelope, FullyOccupied, TicketReserved};
-use parking_common::testing::{consumer_events, Backend, SharedMigrator, TestDb, TestNats};
+use parking_common::testing::{Backend, SharedMigrator, TestDb, TestNats};
 use parking_common::unit::UnitOfWork;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const DURABLE: &str = "test-answer";
 
@@ -88,32 +85,22 @@ async fn a_poison_event_does_not_hold_up_the_batch(backend: Backend) {
     }
 
     let policy = Arc::new(Answer::default());
-    let metrics = ConsumerMetrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let runner = Runner {
-        js: nats.js.clone(),
-        namespace: nats.namespace.clone(),
-        subscription: Subscription {
+    let running = nats.run(
+        Subscription {
             context: EventContext::Reservation,
             durable: DURABLE.into(),
             event_name: Some("TicketReserved"),
         },
-        policy: policy.clone(),
-        db: test.db.clone(),
-        outbox: outbox.clone(),
-        batch: 256,
-        concurrency: 4,
-        metrics,
-    };
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(runner.run(stop.clone()));
+        policy.clone(),
+        &test.db,
+        outbox.clone(),
+    );
 
     nats.drained(EventContext::Reservation, DURABLE, Duration::from_secs(20))
         .await;
-    assert_eq!(consumer_events(&registry, "done"), 8);
-    assert_eq!(consumer_events(&registry, "poison"), 2);
-    assert_eq!(consumer_events(&registry, "failed"), 0);
+    assert_eq!(running.events("done"), 8);
+    assert_eq!(running.events("poison"), 2);
+    assert_eq!(running.events("failed"), 0);
     assert_eq!(policy.applied.load(Ordering::SeqCst), 8);
     // Eight answers staged and committed, none for the poison one.
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 8);
@@ -125,16 +112,12 @@ async fn a_poison_event_does_not_hold_up_the_batch(backend: Backend) {
     }
     nats.drained(EventContext::Reservation, DURABLE, Duration::from_secs(20))
         .await;
-    assert_eq!(consumer_events(&registry, "done"), 16);
-    assert_eq!(consumer_events(&registry, "poison"), 3);
+    assert_eq!(running.events("done"), 16);
+    assert_eq!(running.events("poison"), 3);
     assert_eq!(policy.applied.load(Ordering::SeqCst), 8);
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 8);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the runner stops when cancelled")
-        .unwrap();
+    running.stop().await;
 }
 
 parking_common::on_both_databases!(a_poison_event_does_not_hold_up_the_batch);

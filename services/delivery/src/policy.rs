@@ -7,6 +7,7 @@ use parking_common::events::EventContext;
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::DeliveryRequested;
 use parking_common::unit::UnitOfWork;
+use std::collections::HashMap;
 
 pub const REQUEST: &str = "delivery-request";
 
@@ -26,19 +27,20 @@ impl RequestDelivery {
 impl Policy for RequestDelivery {
     async fn apply(&self, work: &mut UnitOfWork, events: &[&Event]) -> Result<(), HandleError> {
         let mut orders = Vec::with_capacity(events.len());
+        let mut causes: HashMap<i64, &Event> = HashMap::with_capacity(events.len());
         for event in events {
             let Payload::Occupied(e) = &event.payload else {
                 continue;
             };
-            let order = Order {
+            orders.push(Order {
                 reservation_id: e.reservation_id,
                 member_id: e.member_id,
                 reservation_date: event_day(&e.reservation_date)?,
                 space_number: e.space_number,
-            };
-            orders.push((*event, order));
+            });
+            causes.entry(e.reservation_id).or_insert(event);
         }
-        let refs: Vec<&Order> = orders.iter().map(|(_, order)| order).collect();
+        let refs: Vec<&Order> = orders.iter().collect();
         let placed = Store::request_all(work, &refs).await?;
         if placed.len() < refs.len() {
             tracing::info!(
@@ -49,13 +51,10 @@ impl Policy for RequestDelivery {
         }
         for (order, delivery_id) in placed {
             // The order's own Occupied event: the follow-up joins its trace.
-            let Some((event, _)) = orders
-                .iter()
-                .find(|(_, o)| o.reservation_id == order.reservation_id)
-            else {
+            let Some(cause) = causes.get(&order.reservation_id) else {
                 continue;
             };
-            work.stage(event.follow_up(
+            work.stage(cause.follow_up(
                 order.reservation_id,
                 Payload::DeliveryRequested(DeliveryRequested {
                     reservation_id: order.reservation_id,

@@ -1,6 +1,7 @@
 //! The storage port of TicketDelivery and its sea-orm adapter.
 
 use crate::domain::{ship, DeliveryState, Ship, CANCELLABLE, SHIPPABLE};
+use parking_common::db;
 use parking_common::events::envelope;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
@@ -12,6 +13,7 @@ use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{
     ActiveValue::NotSet, ActiveValue::Set, DatabaseTransaction, QueryOrder, QuerySelect,
 };
+use std::collections::HashMap;
 
 mod entity {
     use sea_orm::entity::prelude::*;
@@ -141,8 +143,7 @@ impl Store {
     ) -> Result<Vec<(&'a Order, i64)>, DbErr> {
         let now = chrono::Utc::now();
         let mut placed = Vec::with_capacity(orders.len());
-        // Bounded statements: PostgreSQL takes at most 65,535 parameters (7 per row).
-        for chunk in orders.chunks(1000) {
+        for chunk in orders.chunks(db::ROWS_PER_STATEMENT) {
             let mut insert = Query::insert();
             insert
                 .into_table(Entity)
@@ -160,10 +161,11 @@ impl Store {
                         .do_nothing()
                         .to_owned(),
                 )
-                .returning(Query::returning().columns([Column::Id, Column::ReservationId]));
+                .returning(Query::returning().columns([Column::ReservationId, Column::Id]));
             for order in chunk {
-                insert
-                    .values([
+                db::add_row(
+                    &mut insert,
+                    [
                         order.reservation_id.into(),
                         order.member_id.into(),
                         order.reservation_date.clone().into(),
@@ -171,16 +173,15 @@ impl Store {
                         DeliveryState::Requested.as_str().into(),
                         now.into(),
                         now.into(),
-                    ])
-                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+                    ],
+                )?;
             }
-            let backend = work.backend();
-            let mut ids = std::collections::HashMap::new();
-            for row in work.db().query_all(backend.build(&insert)).await? {
-                let id: i64 = row.try_get("", "id")?;
-                let reservation_id: i64 = row.try_get("", "reservation_id")?;
-                ids.insert(reservation_id, id);
-            }
+            let ids: HashMap<i64, i64> = db::insert_returning(work.db(), &insert, |row| {
+                Ok((row.try_get("", "reservation_id")?, row.try_get("", "id")?))
+            })
+            .await?
+            .into_iter()
+            .collect();
             placed.extend(
                 chunk
                     .iter()

@@ -10,6 +10,7 @@
 //! unique index on (day, space) of OCCUPIED allocations is the second guard.
 
 use crate::domain::{allocate, Allocated, AllocationState, LotDay};
+use parking_common::db;
 use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Func, OnConflict, Query};
@@ -196,7 +197,7 @@ impl Store {
         let db = work.db();
         let ids: Vec<i64> = applications.iter().map(|a| a.reservation_id).collect();
         let mut decided: HashSet<i64> = HashSet::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(db::ROWS_PER_STATEMENT) {
             let rows: Vec<i64> = allocation::Entity::find()
                 .select_only()
                 .column(allocation::Column::ReservationId)
@@ -276,13 +277,14 @@ impl Store {
     ) -> Result<HashMap<String, LotDay>, DbErr> {
         let db = work.db();
         Self::ensure_days(db, dates).await?;
-        let mut query = quota::Entity::find()
-            .filter(quota::Column::Date.is_in(dates.to_vec()))
-            .order_by_asc(quota::Column::Date);
-        if work.backend() == DbBackend::Postgres {
-            query = query.lock_exclusive();
-        }
-        let rows = query.all(db).await?;
+        let rows = work
+            .locked(
+                quota::Entity::find()
+                    .filter(quota::Column::Date.is_in(dates.to_vec()))
+                    .order_by_asc(quota::Column::Date),
+            )
+            .all(db)
+            .await?;
         // A space held above a day's highest_space (handed out by a replica older than the
         // column, during a rolling deploy) raises it: the ranges are empty as a rule, and
         // the partial index answers them without reading the day's allocations.
@@ -415,7 +417,7 @@ impl Store {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<HashMap<i64, i64>, DbErr> {
         let mut ids = HashMap::with_capacity(decisions.len());
-        for chunk in decisions.chunks(ROWS_PER_STATEMENT) {
+        for chunk in decisions.chunks(db::ROWS_PER_STATEMENT) {
             let mut insert = Query::insert();
             insert
                 .into_table(allocation::Entity)
@@ -437,8 +439,9 @@ impl Store {
                     Allocated::Occupied { space } => (Some(space), AllocationState::Occupied),
                     Allocated::FullyOccupied => (None, AllocationState::FullyOccupied),
                 };
-                insert
-                    .values([
+                db::add_row(
+                    &mut insert,
+                    [
                         d.application.reservation_id.into(),
                         d.application.member_id.into(),
                         d.application.date.clone().into(),
@@ -446,15 +449,18 @@ impl Store {
                         state.as_str().into(),
                         now.into(),
                         now.into(),
-                    ])
-                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+                    ],
+                )?;
             }
-            let backend = work.backend();
-            for row in work.db().query_all(backend.build(&insert)).await? {
-                let id: i64 = row.try_get("", "id")?;
-                let reservation_id: i64 = row.try_get("", "reservation_id")?;
-                ids.insert(reservation_id, id);
-            }
+            ids.extend(
+                db::insert_returning(work.db(), &insert, |row| {
+                    Ok((
+                        row.try_get::<i64>("", "reservation_id")?,
+                        row.try_get::<i64>("", "id")?,
+                    ))
+                })
+                .await?,
+            );
         }
         Ok(ids)
     }
@@ -555,9 +561,6 @@ impl Store {
         Ok(freed)
     }
 }
-
-/// Rows per statement: PostgreSQL takes at most 65,535 parameters (7 per row).
-const ROWS_PER_STATEMENT: usize = 1000;
 
 /// An application to decide (from TicketReserved).
 #[derive(Debug, Clone, PartialEq, Eq)]

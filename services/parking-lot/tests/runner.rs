@@ -2,12 +2,11 @@
 //! its own), in process, on SQLite in memory and on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
-use parking_common::consumer::{ConsumerMetrics, Runner};
 use parking_common::events::{envelope, EventContext};
 use parking_common::outbox::{self, Outbox};
 use parking_common::pb::event_envelope::Payload;
 use parking_common::pb::{EventEnvelope, TicketReserved};
-use parking_common::testing::{consumer_events, Backend, TestDb, TestNats};
+use parking_common::testing::{Backend, TestDb, TestNats};
 use parking_lot::domain::AllocationState;
 use parking_lot::migration::Migrator;
 use parking_lot::policy::{Allocate, ALLOCATE};
@@ -15,7 +14,6 @@ use parking_lot::store::{allocation, Day, Store};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const DAY: &str = "2030-08-01";
 
@@ -65,30 +63,20 @@ async fn allocation_goes_past_a_poison_event(backend: Backend) {
     }
 
     let store = Store::new(test.db.clone(), 5);
-    let metrics = ConsumerMetrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let runner = Runner {
-        js: nats.js.clone(),
-        namespace: nats.namespace.clone(),
-        subscription: Allocate::subscription(),
-        policy: Arc::new(Allocate {
+    let running = nats.run(
+        Allocate::subscription(),
+        Arc::new(Allocate {
             store: store.clone(),
         }),
-        db: test.db.clone(),
-        outbox: Outbox::new(&nats.namespace),
-        batch: 256,
-        concurrency: 4,
-        metrics,
-    };
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(runner.run(stop.clone()));
+        &test.db,
+        Outbox::new(&nats.namespace),
+    );
 
     nats.drained(EventContext::Reservation, ALLOCATE, Duration::from_secs(20))
         .await;
-    assert_eq!(consumer_events(&registry, "done"), 7);
-    assert_eq!(consumer_events(&registry, "poison"), 2);
-    assert_eq!(consumer_events(&registry, "failed"), 0);
+    assert_eq!(running.events("done"), 7);
+    assert_eq!(running.events("poison"), 2);
+    assert_eq!(running.events("failed"), 0);
     let first = allocations(&test.db).await;
     assert_eq!(first.len(), 7);
     assert!(first.iter().all(|(id, _, _)| *id != 4));
@@ -116,17 +104,13 @@ async fn allocation_goes_past_a_poison_event(backend: Backend) {
     }
     nats.drained(EventContext::Reservation, ALLOCATE, Duration::from_secs(20))
         .await;
-    assert_eq!(consumer_events(&registry, "done"), 14);
-    assert_eq!(consumer_events(&registry, "poison"), 3);
+    assert_eq!(running.events("done"), 14);
+    assert_eq!(running.events("poison"), 3);
     assert_eq!(allocations(&test.db).await, first);
     assert_eq!(store.day(DAY).await.unwrap().occupied, 5);
     assert_eq!(outbox::backlog(&test.db).await.unwrap(), 7);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("the runner stops when cancelled")
-        .unwrap();
+    running.stop().await;
 }
 
 parking_common::on_both_databases!(allocation_goes_past_a_poison_event);

@@ -5,6 +5,7 @@
 use crate::domain::{settle, Application, ReservationState, Settlement};
 use chrono::NaiveDate;
 use parking_common::calendar::{format_day, parse_day};
+use parking_common::db;
 use parking_common::events::envelope;
 use parking_common::outbox::Outbox;
 use parking_common::paging::Page;
@@ -94,25 +95,29 @@ impl Grouped for ReserveGroup {
                 Column::RequestId,
             ]));
         for Call { request: app, .. } in calls {
-            insert
-                .values([
+            db::add_row(
+                &mut insert,
+                [
                     app.member_id.into(),
                     format_day(app.date).into(),
                     ReservationState::Requested.as_str().into(),
                     app.request_id.clone().into(),
                     now.into(),
                     now.into(),
-                ])
-                .map_err(|e| DbErr::Custom(e.to_string()))?;
+                ],
+            )?;
         }
-        let backend = work.backend();
-        let rows = work.db().query_all(backend.build(&insert)).await?;
+        let rows = db::insert_returning(work.db(), &insert, |row| {
+            Ok((
+                row.try_get::<i64>("", "id")?,
+                row.try_get::<i64>("", "member_id")?,
+                row.try_get::<String>("", "reservation_date")?,
+                row.try_get::<Option<String>>("", "request_id")?,
+            ))
+        })
+        .await?;
         let mut answers: Vec<Option<TicketReservation>> = vec![None; calls.len()];
-        for row in rows {
-            let id: i64 = row.try_get("", "id")?;
-            let member_id: i64 = row.try_get("", "member_id")?;
-            let date: String = row.try_get("", "reservation_date")?;
-            let request_id: Option<String> = row.try_get("", "request_id")?;
+        for (id, member_id, date, request_id) in rows {
             // The first application of the group with these values is the one stored (a
             // member holds one active ticket a day, so no two stored rows share them).
             let Some(at) = calls
@@ -314,7 +319,7 @@ impl Store {
                 .filter(|(_, a)| *a == answer)
                 .map(|(id, _)| *id)
                 .collect();
-            for ids in ids.chunks(1000) {
+            for ids in ids.chunks(db::ROWS_PER_STATEMENT) {
                 let updated = Entity::update_many()
                     .col_expr(Column::State, Expr::value(to.as_str()))
                     .col_expr(Column::UpdatedAt, Expr::value(now))

@@ -7,11 +7,12 @@
 
 use crate::domain::{apply, Fact, Stage, View};
 use chrono::{DateTime, Utc};
+use parking_common::db;
 use parking_common::paging::Page;
 use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DbBackend, QueryOrder, QuerySelect};
+use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect};
 use std::collections::HashMap;
 
 mod view {
@@ -106,9 +107,6 @@ fn to_row(view: &View, now: DateTime<Utc>) -> view::ActiveModel {
     }
 }
 
-/// Rows per statement: PostgreSQL takes at most 65,535 parameters (8 per row).
-const ROWS_PER_STATEMENT: usize = 1000;
-
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
@@ -128,7 +126,7 @@ impl Store {
         let now = Utc::now();
         // Make sure the rows exist, then lock them: events of one reservation arrive on
         // three durables at once, and the read-merge-write below must not lose a field.
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(db::ROWS_PER_STATEMENT) {
             view::Entity::insert_many(chunk.iter().map(|id| to_row(&View::empty(*id), now)))
                 .on_conflict(
                     OnConflict::column(view::Column::ReservationId)
@@ -139,15 +137,11 @@ impl Store {
                 .await?;
         }
         let mut views: HashMap<i64, View> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut query = view::Entity::find()
+        for chunk in ids.chunks(db::ROWS_PER_STATEMENT) {
+            let query = view::Entity::find()
                 .filter(view::Column::ReservationId.is_in(chunk.to_vec()))
                 .order_by_asc(view::Column::ReservationId);
-            // SQLite: the unit of work already holds the database's write lock.
-            if work.backend() == DbBackend::Postgres {
-                query = query.lock_exclusive();
-            }
-            for row in query.all(work.db()).await? {
+            for row in work.locked(query).all(work.db()).await? {
                 views.insert(row.reservation_id, to_view(row));
             }
         }
@@ -161,7 +155,7 @@ impl Store {
             .filter_map(|id| views.get(id))
             .map(|view| to_row(view, now))
             .collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        for chunk in rows.chunks(db::ROWS_PER_STATEMENT) {
             view::Entity::insert_many(chunk.to_vec())
                 .on_conflict(
                     OnConflict::column(view::Column::ReservationId)
@@ -194,7 +188,7 @@ impl Store {
                 occurred_at: Set(event.occurred_at),
             })
             .collect();
-        for chunk in history.chunks(ROWS_PER_STATEMENT) {
+        for chunk in history.chunks(db::ROWS_PER_STATEMENT) {
             history::Entity::insert_many(chunk.to_vec())
                 .on_conflict(
                     OnConflict::column(history::Column::EventId)
@@ -207,19 +201,23 @@ impl Store {
         Ok(ids)
     }
 
-    /// A reservation's status with its history (oldest first).
+    /// A reservation's status with its history (oldest first), both as of one moment: a
+    /// projection committing between the two reads would otherwise pair an older view with
+    /// a newer history.
     pub async fn get(&self, reservation_id: i64) -> Result<Option<Status>, DbErr> {
+        let snapshot = db::snapshot(&self.db).await?;
         let Some(row) = view::Entity::find_by_id(reservation_id)
-            .one(&self.db)
+            .one(&snapshot)
             .await?
         else {
+            snapshot.commit().await?;
             return Ok(None);
         };
         let history = history::Entity::find()
             .filter(history::Column::ReservationId.eq(reservation_id))
             .order_by_asc(history::Column::OccurredAt)
             .order_by_asc(history::Column::EventId)
-            .all(&self.db)
+            .all(&snapshot)
             .await?
             .into_iter()
             .map(|h| HistoryEntry {
@@ -229,6 +227,7 @@ impl Store {
                 occurred_at: h.occurred_at,
             })
             .collect();
+        snapshot.commit().await?;
         Ok(Some(Status {
             view: to_view(row),
             history,

@@ -199,7 +199,41 @@ async fn the_same_event_twice_changes_nothing(backend: Backend) {
     assert_eq!(after.history.len(), 4);
 }
 
+/// The three durables (one per stream) project facts of the same new reservations at the
+/// same moment, each in its own unit of work: no field any of them brought is lost.
+async fn concurrent_durables_lose_no_field(backend: Backend) {
+    let test = TestDb::open::<Migrator>(backend).await;
+    let outbox = Outbox::new("t");
+    for id in 1..=40 {
+        let [reserved, occupied, requested, shipped] =
+            <[Event; 4]>::try_from(life(id)).ok().unwrap();
+        let runs = [
+            ("status-reservation", vec![reserved]),
+            ("status-parkinglot", vec![occupied]),
+            ("status-delivery", vec![shipped, requested]),
+        ]
+        .map(|(durable, events)| {
+            let (db, outbox) = (test.db.clone(), outbox.clone());
+            tokio::spawn(async move {
+                apply_batch(&db, &outbox, durable, &project(), &events)
+                    .await
+                    .unwrap()
+            })
+        });
+        for run in runs {
+            run.await.unwrap();
+        }
+        let store = Store::new(test.db.clone());
+        assert_eq!(
+            status(&store, id).await.view,
+            expected(id),
+            "reservation {id}"
+        );
+    }
+}
+
 parking_common::on_both_databases!(
     out_of_order_facts_converge,
-    the_same_event_twice_changes_nothing
+    the_same_event_twice_changes_nothing,
+    concurrent_durables_lose_no_field
 );
