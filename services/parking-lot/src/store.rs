@@ -14,7 +14,7 @@ use parking_common::db;
 use parking_common::unit::UnitOfWork;
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::{Func, OnConflict, Query};
-use sea_orm::{ActiveValue::Set, Condition, DbBackend, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{ActiveValue::Set, DbBackend, QueryOrder, QuerySelect, TransactionTrait};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub mod quota {
@@ -285,29 +285,7 @@ impl Store {
             )
             .all(db)
             .await?;
-        // A space held above a day's highest_space (handed out by a replica older than the
-        // column, during a rolling deploy) raises it: the ranges are empty as a rule, and
-        // the partial index answers them without reading the day's allocations.
-        let mut above = Condition::any();
-        for row in &rows {
-            above = above.add(
-                Condition::all()
-                    .add(allocation::Column::ReservationDate.eq(row.date.as_str()))
-                    .add(allocation::Column::SpaceNumber.gt(row.highest_space)),
-            );
-        }
-        let held_above: HashMap<String, Option<i32>> = allocation::Entity::find()
-            .select_only()
-            .column(allocation::Column::ReservationDate)
-            .column_as(allocation::Column::SpaceNumber.max(), "highest")
-            .filter(allocation::Column::State.eq(AllocationState::Occupied.as_str()))
-            .filter(above)
-            .group_by(allocation::Column::ReservationDate)
-            .into_tuple::<(String, Option<i32>)>()
-            .all(db)
-            .await?
-            .into_iter()
-            .collect();
+        let held_above = self.held_above(work, &rows).await?;
         let mut days = HashMap::with_capacity(rows.len());
         for row in rows {
             let capacity = row.capacity.unwrap_or(self.default_capacity);
@@ -333,6 +311,42 @@ impl Store {
             );
         }
         Ok(days)
+    }
+
+    /// The highest space held above each day's highest_space, where one is: a replica older
+    /// than that column (a rolling deploy) hands out spaces without raising it. One probe of
+    /// the partial index per day, in one statement; empty as a rule. (An OR of ranges over
+    /// the allocations table instead was planned as a scan of it and grew with every day.)
+    async fn held_above(
+        &self,
+        work: &UnitOfWork,
+        days: &[quota::Model],
+    ) -> Result<HashMap<String, Option<i32>>, DbErr> {
+        if days.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let backend = work.backend();
+        let placeholder = |i: usize| match backend {
+            DbBackend::Postgres => format!("${i}"),
+            _ => format!("?{i}"),
+        };
+        let dates: Vec<String> = (2..days.len() + 2).map(placeholder).collect();
+        let sql = format!(
+            "SELECT q.date, (SELECT MAX(a.space_number) FROM allocations a \
+             WHERE a.reservation_date = q.date AND a.state = {} \
+             AND a.space_number > q.highest_space) FROM daily_quota q WHERE q.date IN ({})",
+            placeholder(1),
+            dates.join(", ")
+        );
+        let mut values: Vec<sea_orm::Value> = vec![AllocationState::Occupied.as_str().into()];
+        values.extend(days.iter().map(|d| d.date.clone().into()));
+        let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
+        work.db()
+            .query_all(statement)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get_by_index(0)?, row.try_get_by_index(1)?)))
+            .collect()
     }
 
     /// Free spaces of a day up to `up_to`: vacated and not taken again (the partial unique
