@@ -45,6 +45,12 @@ if [ ! -f var/accounts.yaml ]; then
   done
   umask 022
 fi
+# parking-lot's own identity for CancelDelivery (client_credentials, role service); the
+# secret stays in an owner-only file the service reads.
+if [ ! -f var/parking-lot.secret ]; then
+  (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >var/parking-lot.secret)
+  PARKING_PASSWORD=$(cat var/parking-lot.secret) ./target/debug/parkingctl users add parking-lot --client --role service --file var/accounts.yaml >/dev/null
+fi
 # A signing key that survives restarts (tokens stay valid); without openssl the gateway
 # makes one per start.
 if [ ! -f var/token-key.pem ] && command -v openssl >/dev/null; then
@@ -72,11 +78,12 @@ else
   fi
 fi
 
-# Each service's own DATABASE_URL default is a SQLite file under ./var.
+# Each service's own DATABASE_URL default is a SQLite file under ./var; each checks every
+# call's token against the gateway's keys (JWKS_URL's default, 127.0.0.1:8080).
 unset DATABASE_URL LISTEN_ADDR
 start delivery 50053
 # ParkingLot calls delivery through the in-process mesh, with the policy Istio would apply.
-start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml
+start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml CLIENT_ID=parking-lot CLIENT_SECRET_FILE=var/parking-lot.secret
 start reservation 50051
 start status 50054
 # The single entry point; it reaches the services at their default addresses.

@@ -181,6 +181,9 @@ pub struct Cluster {
     metrics_ports: HashMap<Svc, u16>,
     /// Gateway processes.
     gateways: Vec<Child>,
+    /// The gateway every service trusts: its JWK set checks tokens, its token endpoint
+    /// gives parking-lot its own (started before the first service).
+    auth_gateway: Option<u16>,
     /// Extra environment for every process of a service (e.g. MESH_CONFIG).
     extra_env: HashMap<Svc, Vec<(String, String)>>,
     pub js: jetstream::Context,
@@ -200,10 +203,12 @@ impl Cluster {
         cluster
     }
 
-    /// Starts all four services with extra environment for every one of them (OTEL_*,
-    /// LOG_FORMAT, ...).
+    /// Starts all four services, and the gateway they trust, with extra environment for
+    /// every one of them (OTEL_*, LOG_FORMAT, ...).
     pub async fn start_with_env(backend: Backend, env: &[(&str, &str)]) -> Self {
         let mut cluster = Self::prepare(backend, Options::default()).await;
+        let port = cluster.start_gateway_with(env).await;
+        cluster.auth_gateway = Some(port);
         for svc in Svc::ALL {
             for (key, value) in env {
                 cluster.set_env(svc, key, value);
@@ -262,6 +267,7 @@ impl Cluster {
             started: 0,
             metrics_ports: HashMap::new(),
             gateways: Vec::new(),
+            auth_gateway: None,
             extra_env: HashMap::new(),
             js: jetstream::new(client),
         }
@@ -294,7 +300,20 @@ impl Cluster {
     }
 
     fn command(&self, svc: Svc, port: u16, nats: &str, metrics_port: u16) -> Command {
+        let gateway = self.auth_gateway.expect("the auth gateway starts first");
         let mut cmd = binary(svc.binary());
+        cmd.env(
+            "JWKS_URL",
+            format!("http://127.0.0.1:{gateway}/.well-known/jwks.json"),
+        );
+        if svc == Svc::ParkingLot {
+            cmd.env(
+                "TOKEN_URL",
+                format!("http://127.0.0.1:{gateway}/oauth2/token"),
+            )
+            .env("CLIENT_ID", SERVICE_CLIENT)
+            .env("CLIENT_SECRET_FILE", self.service_secret_file());
+        }
         cmd.env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,async_nats=warn")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", self.database_url(svc))
@@ -361,6 +380,7 @@ impl Cluster {
     }
 
     async fn spawn(&mut self, svc: Svc, port: u16, nats: &str) {
+        self.auth_gateway().await;
         let metrics_port = free_port();
         self.metrics_ports.insert(svc, metrics_port);
         let cmd = self.command(svc, port, nats, metrics_port);
@@ -371,6 +391,37 @@ impl Cluster {
     /// Starts the gateway in front of the four services; returns its port.
     pub async fn start_gateway(&mut self) -> u16 {
         self.start_gateway_with(&[]).await
+    }
+
+    /// The port of the gateway the services trust, started on first use.
+    pub async fn auth_gateway(&mut self) -> u16 {
+        if let Some(port) = self.auth_gateway {
+            return port;
+        }
+        let port = self.start_gateway().await;
+        self.auth_gateway = Some(port);
+        port
+    }
+
+    /// The file holding parking-lot's client secret.
+    fn service_secret_file(&self) -> PathBuf {
+        let path = self.folder.join("parking-lot.secret");
+        if !path.exists() {
+            std::fs::write(&path, password_of(SERVICE_CLIENT)).unwrap();
+        }
+        path
+    }
+
+    /// A token of the cluster's gateway key for anyone, valid for an hour.
+    pub fn token(&self, subject: &str, role: Role) -> String {
+        let tokens = gateway::tokens::Tokens::from_pem_file(
+            &self.token_key_file(),
+            "parking-mesh",
+            "parking-mesh",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        tokens.issue(subject, role).unwrap()
     }
 
     /// The gateway's accounts file (written once per cluster): see [`USERS`].
@@ -385,6 +436,14 @@ impl Cluster {
             }
             accounts
                 .set(true, "ops-bot", Role::Manager, &password_of("ops-bot"))
+                .unwrap();
+            accounts
+                .set(
+                    true,
+                    SERVICE_CLIENT,
+                    Role::Service,
+                    &password_of(SERVICE_CLIENT),
+                )
                 .unwrap();
             accounts.save(&path).unwrap();
         }
@@ -480,13 +539,16 @@ impl Cluster {
         }
     }
 
-    async fn channel(&self, svc: Svc) -> Channel {
-        channel(self.port(svc)).await
+    /// A channel straight to a service as an operator (an admin's token): tests drive
+    /// the services directly, with a credential like every caller.
+    async fn channel(&self, svc: Svc) -> AuthChannel {
+        let token = self.token("operator", Role::Admin);
+        with_token(self.port(svc), Some(&token)).await
     }
 
     pub async fn reservation(
         &self,
-    ) -> pb::ticket_reservation_service_client::TicketReservationServiceClient<Channel> {
+    ) -> pb::ticket_reservation_service_client::TicketReservationServiceClient<AuthChannel> {
         pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
             self.channel(Svc::Reservation).await,
         )
@@ -494,7 +556,7 @@ impl Cluster {
 
     pub async fn parking_lot(
         &self,
-    ) -> pb::parking_lot_service_client::ParkingLotServiceClient<Channel> {
+    ) -> pb::parking_lot_service_client::ParkingLotServiceClient<AuthChannel> {
         pb::parking_lot_service_client::ParkingLotServiceClient::new(
             self.channel(Svc::ParkingLot).await,
         )
@@ -502,7 +564,7 @@ impl Cluster {
 
     pub async fn delivery(
         &self,
-    ) -> pb::ticket_delivery_service_client::TicketDeliveryServiceClient<Channel> {
+    ) -> pb::ticket_delivery_service_client::TicketDeliveryServiceClient<AuthChannel> {
         pb::ticket_delivery_service_client::TicketDeliveryServiceClient::new(
             self.channel(Svc::Delivery).await,
         )
@@ -510,7 +572,7 @@ impl Cluster {
 
     pub async fn status(
         &self,
-    ) -> pb::reservation_status_service_client::ReservationStatusServiceClient<Channel> {
+    ) -> pb::reservation_status_service_client::ReservationStatusServiceClient<AuthChannel> {
         pb::reservation_status_service_client::ReservationStatusServiceClient::new(
             self.channel(Svc::Status).await,
         )
@@ -697,6 +759,10 @@ pub const USERS: [(&str, &str); 4] = [
     ("manager", "manager"),
     ("admin", "admin"),
 ];
+
+/// parking-lot's client id at the token endpoint (role service); its secret is
+/// [`password_of`] it.
+pub const SERVICE_CLIENT: &str = "parking-lot";
 
 /// A test user's password.
 pub fn password_of(name: &str) -> String {

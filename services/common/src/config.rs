@@ -43,6 +43,45 @@ impl CalendarArgs {
     }
 }
 
+/// How a server checks the tokens its callers send (see `auth`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// The gateway's published token keys (a JWK set), fetched when a token names a key
+    /// not seen yet and at least once a minute.
+    #[arg(
+        long,
+        env = "JWKS_URL",
+        default_value = "http://127.0.0.1:8080/.well-known/jwks.json"
+    )]
+    pub jwks_url: String,
+    /// The issuer (`iss`) tokens must name.
+    #[arg(long, env = "TOKEN_ISSUER", default_value = "parking-mesh")]
+    pub token_issuer: String,
+    /// The audience (`aud`) tokens must name.
+    #[arg(long, env = "TOKEN_AUDIENCE", default_value = "parking-mesh")]
+    pub token_audience: String,
+}
+
+/// The identity a service calls others with: a client of the token endpoint
+/// (client_credentials grant).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The OAuth2 token endpoint.
+    #[arg(
+        long,
+        env = "TOKEN_URL",
+        default_value = "http://127.0.0.1:8080/oauth2/token"
+    )]
+    pub token_url: String,
+    /// This service's client id (an account made with `parkingctl users add <id> --client
+    /// --role service`).
+    #[arg(long, env = "CLIENT_ID")]
+    pub client_id: String,
+    /// A file holding the client's secret (a mounted Secret in Kubernetes), read at start.
+    #[arg(long, env = "CLIENT_SECRET_FILE")]
+    pub client_secret_file: std::path::PathBuf,
+}
+
 /// A listen address that may be switched off ("off").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalAddr(pub Option<std::net::SocketAddr>);

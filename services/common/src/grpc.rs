@@ -83,13 +83,16 @@ pub async fn base_routes() -> Result<(HealthReporter, Routes), ServeError> {
 
 /// Serves `routes` until `shutdown`, then drains in-flight calls while probes see
 /// NOT_SERVING for the server and each of `names`. HTTP/1.1 is accepted too (gRPC-Web and
-/// plain pages where a server routes them).
+/// plain pages where a server routes them). With `auth`, every call but the health checks
+/// and reflection needs a valid token (the backends); without, the routes check callers
+/// themselves (the gateway's guard).
 pub async fn serve_routes(
     listener: TcpListener,
     routes: Routes,
     health: HealthReporter,
     names: &[&'static str],
     metrics: crate::observe::RpcMetrics,
+    auth: Option<crate::auth::AuthLayer>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     for name in names {
@@ -129,6 +132,7 @@ pub async fn serve_routes(
     tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(crate::observe::ObserveLayer { metrics })
+        .layer(tower::util::option_layer(auth))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drained)
         .await?;
@@ -136,11 +140,13 @@ pub async fn serve_routes(
     Ok(())
 }
 
-/// Serves one service with health and reflection until `shutdown`.
+/// Serves one service with health and reflection until `shutdown`; every other call
+/// needs a token `verifier` accepts.
 pub async fn serve<S: GrpcService>(
     listener: TcpListener,
     service: S,
     metrics: crate::observe::RpcMetrics,
+    verifier: std::sync::Arc<crate::auth::Verifier>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, routes) = base_routes().await?;
@@ -150,6 +156,7 @@ pub async fn serve<S: GrpcService>(
         health,
         &[S::NAME],
         metrics,
+        Some(crate::auth::AuthLayer(verifier)),
         shutdown,
     )
     .await

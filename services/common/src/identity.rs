@@ -1,29 +1,15 @@
-//! Who is calling: the identity the gateway verified (a JWT's subject and role), passed to
-//! the backends in request metadata, and the rules every backend applies with it.
-//!
-//! The gateway removes every `x-parking-*` header a client sends and sets its own after it
-//! has checked the token, so nobody reaches a backend through the gateway with an identity
-//! they were not given. A call without these headers comes from inside the mesh (ParkingLot
-//! cancelling a delivery, a test, an operator on the pod network): in Kubernetes, Istio's
-//! AuthorizationPolicy (k8s/istio/) lets only the gateway and the sibling services reach a
-//! backend at all.
+//! Who is calling: the subject and role of a token a server verified (see [`crate::auth`]),
+//! and the rules every backend applies with them. There is no caller without a token:
+//! a call that reaches a handler was verified by [`crate::auth::AuthLayer`].
 
-use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-/// Metadata key carrying the verified token subject (an employee's member id).
-pub const SUBJECT: &str = "x-parking-subject";
-/// Metadata key carrying the verified role.
-pub const ROLE: &str = "x-parking-role";
-/// Every identity header starts with this; the gateway drops all of them from callers.
-pub const PREFIX: &str = "x-parking-";
-
-/// What a person may do. Ordered for the rules that need "at least" (ShipTicket: manager
-/// or admin). Acting for a member is the exception: employees for themselves, admins for
-/// anyone, managers look but do not act (see [`Caller::may_act_for`]).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+/// What a caller may do. People's roles are ranked for the rules that need "at least"
+/// (ShipTicket: manager or admin); acting for a member is the exception: employees for
+/// themselves, admins for anyone, managers look but do not act (see
+/// [`Caller::may_act_for`]). A service is outside the ranking: it may make exactly the
+/// calls that name it ([`Caller::require_any`]), nothing a person's role allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Applies for, cancels and sees their own reservations only.
@@ -32,6 +18,9 @@ pub enum Role {
     Manager,
     /// Everything, including the lot's daily capacity.
     Admin,
+    /// A service of the system calling another on its own behalf (parking-lot's
+    /// CancelDelivery): only the calls that list it.
+    Service,
 }
 
 impl Role {
@@ -40,6 +29,17 @@ impl Role {
             Role::Employee => "employee",
             Role::Manager => "manager",
             Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    /// Rank among people's roles; `None` for a service.
+    fn rank(self) -> Option<u8> {
+        match self {
+            Role::Employee => Some(1),
+            Role::Manager => Some(2),
+            Role::Admin => Some(3),
+            Role::Service => None,
         }
     }
 }
@@ -51,8 +51,9 @@ impl std::str::FromStr for Role {
             "employee" => Ok(Role::Employee),
             "manager" => Ok(Role::Manager),
             "admin" => Ok(Role::Admin),
+            "service" => Ok(Role::Service),
             other => Err(format!(
-                "unknown role {other:?}: employee, manager or admin"
+                "unknown role {other:?}: employee, manager, admin or service"
             )),
         }
     }
@@ -73,95 +74,83 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-_@:".contains(&b))
 }
 
-/// The caller of one request.
+/// The verified caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// No identity headers: a call from inside the mesh.
-    Internal,
-    /// A person or client the gateway authenticated.
-    User { subject: String, role: Role },
+pub struct Caller {
+    /// A user's login (an employee's member id) or `client:<id>` for a program.
+    pub subject: String,
+    pub role: Role,
 }
 
 impl Caller {
-    /// Reads the identity the gateway set. Headers that are present but unreadable are
-    /// refused rather than taken as "internal".
-    pub fn from_metadata(metadata: &MetadataMap) -> Result<Caller, Status> {
-        let subject = metadata.get(SUBJECT);
-        let role = metadata.get(ROLE);
-        match (subject, role) {
-            (None, None) => Ok(Caller::Internal),
-            (Some(subject), Some(role)) => {
-                let subject = subject
-                    .to_str()
-                    .map_err(|_| Status::unauthenticated("unreadable caller identity"))?;
-                let role = role
-                    .to_str()
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .ok_or_else(|| Status::unauthenticated("unreadable caller role"))?;
-                Ok(Caller::User {
-                    subject: subject.to_owned(),
-                    role,
-                })
-            }
-            _ => Err(Status::unauthenticated("incomplete caller identity")),
-        }
-    }
-
-    /// The identity as metadata, for the gateway to set. Fails closed: a subject that
-    /// cannot travel as a header is refused, never sent as no identity (= internal).
-    pub fn insert_into(&self, metadata: &mut http::HeaderMap) -> Result<(), Status> {
-        match self {
-            Caller::Internal => Err(Status::unauthenticated("no caller identity to pass on")),
-            Caller::User { subject, role } => {
-                let value = http::HeaderValue::from_str(subject)
-                    .ok()
-                    .filter(|_| valid_name(subject))
-                    .ok_or_else(|| Status::unauthenticated("unusable token subject"))?;
-                metadata.insert(SUBJECT, value);
-                metadata.insert(ROLE, http::HeaderValue::from_static(role.as_str()));
-                Ok(())
-            }
-        }
-    }
-
-    fn role(&self) -> Role {
-        match self {
-            Caller::Internal => Role::Admin,
-            Caller::User { role, .. } => *role,
-        }
+    /// The caller [`crate::auth::AuthLayer`] verified for this request. Fails closed: a
+    /// server without the layer has no caller, never an all-powerful one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no verified caller for this call"))
     }
 
     /// The member an employee is (their login, a member id written plainly: "3117", not
     /// "+3117" or "03117"); `None` for everybody else.
     fn own_member(&self) -> Result<Option<i64>, Status> {
-        match self {
-            Caller::User {
-                subject,
-                role: Role::Employee,
-            } => canonical_member(subject).map(Some).ok_or_else(|| {
+        match self.role {
+            Role::Employee => canonical_member(&self.subject).map(Some).ok_or_else(|| {
                 Status::permission_denied(format!(
-                    "employee {subject:?} has no member id: an employee's login is their member id"
+                    "employee {:?} has no member id: an employee's login is their member id",
+                    self.subject
                 ))
             }),
             _ => Ok(None),
         }
     }
 
-    /// Refuses a caller below `role`; `action` names what was refused.
+    /// Refuses a caller below `role` (a service is below every person's role);
+    /// `action` names what was refused.
     pub fn require(&self, role: Role, action: &str) -> Result<(), Status> {
-        if self.role() >= role {
+        let enough = match (self.role.rank(), role.rank()) {
+            (Some(mine), Some(needed)) => mine >= needed,
+            _ => self.role == role,
+        };
+        if enough {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
                 "{action} needs the {role} role; you are {}",
-                self.role()
+                self.role
             )))
         }
     }
 
+    /// Refuses a caller with none of `roles` (at least one of them, for people's roles).
+    pub fn require_any(&self, roles: &[Role], action: &str) -> Result<(), Status> {
+        if roles.iter().any(|r| self.require(*r, action).is_ok()) {
+            return Ok(());
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(Status::permission_denied(format!(
+            "{action} needs one of the roles {}; you are {}",
+            names.join(", "),
+            self.role
+        )))
+    }
+
+    /// Services act for no member and read no member's reservations.
+    fn refuse_service(&self) -> Result<(), Status> {
+        if self.role == Role::Service {
+            return Err(Status::permission_denied(format!(
+                "{} is a service: it may not read or act on members' reservations",
+                self.subject
+            )));
+        }
+        Ok(())
+    }
+
     /// May this caller see member `member_id`'s reservations? Employees see their own.
     pub fn may_see(&self, member_id: i64) -> Result<(), Status> {
+        self.refuse_service()?;
         match self.own_member()? {
             None => Ok(()),
             Some(own) if own == member_id => Ok(()),
@@ -174,7 +163,8 @@ impl Caller {
     /// May this caller apply or cancel for member `member_id`? Employees act for
     /// themselves, admins for anyone; managers look but do not act for others.
     pub fn may_act_for(&self, member_id: i64) -> Result<(), Status> {
-        match (self.own_member()?, self.role()) {
+        self.refuse_service()?;
+        match (self.own_member()?, self.role) {
             (Some(own), _) if own == member_id => Ok(()),
             (Some(_), _) => Err(Status::permission_denied(
                 "an employee applies for and cancels their own reservations only",
@@ -189,6 +179,7 @@ impl Caller {
     /// The member a list is narrowed to: an employee's own whatever they asked for (0
     /// meaning "all" becomes "mine"), anyone else's request as it came.
     pub fn list_scope(&self, requested: i64) -> Result<i64, Status> {
+        self.refuse_service()?;
         match self.own_member()? {
             None => Ok(requested),
             Some(own) => {
@@ -215,7 +206,7 @@ mod tests {
     use super::*;
 
     fn user(subject: &str, role: Role) -> Caller {
-        Caller::User {
+        Caller {
             subject: subject.into(),
             role,
         }
@@ -226,10 +217,35 @@ mod tests {
     }
 
     #[test]
-    fn roles_are_ordered() {
-        assert!(Role::Employee < Role::Manager && Role::Manager < Role::Admin);
-        assert_eq!("admin".parse::<Role>(), Ok(Role::Admin));
+    fn roles_are_ranked_and_a_service_is_outside_the_ranking() {
+        let a = user("root", Role::Admin);
+        let s = user("client:parking-lot", Role::Service);
+        assert_eq!(code(a.require(Role::Manager, "x")), tonic::Code::Ok);
+        assert_eq!(
+            code(a.require(Role::Service, "x")),
+            tonic::Code::PermissionDenied
+        );
+        for role in [Role::Employee, Role::Manager, Role::Admin] {
+            assert_eq!(code(s.require(role, "x")), tonic::Code::PermissionDenied);
+        }
+        assert_eq!(code(s.require(Role::Service, "x")), tonic::Code::Ok);
+        let either = [Role::Admin, Role::Service];
+        assert_eq!(code(s.require_any(&either, "x")), tonic::Code::Ok);
+        assert_eq!(code(a.require_any(&either, "x")), tonic::Code::Ok);
+        assert_eq!(
+            code(user("boss", Role::Manager).require_any(&either, "x")),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!("service".parse::<Role>(), Ok(Role::Service));
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn a_service_neither_reads_nor_acts_on_reservations() {
+        let s = user("client:parking-lot", Role::Service);
+        assert_eq!(code(s.may_see(6)), tonic::Code::PermissionDenied);
+        assert_eq!(code(s.may_act_for(6)), tonic::Code::PermissionDenied);
+        assert_eq!(code(s.list_scope(0)), tonic::Code::PermissionDenied);
     }
 
     #[test]
@@ -267,39 +283,17 @@ mod tests {
         );
         let a = user("root", Role::Admin);
         assert_eq!(code(a.may_act_for(6)), tonic::Code::Ok);
-        assert_eq!(
-            code(Caller::Internal.require(Role::Admin, "x")),
-            tonic::Code::Ok
-        );
     }
 
     #[test]
-    fn metadata_round_trip_and_half_identities_are_refused() {
-        let mut headers = http::HeaderMap::new();
-        user("3117", Role::Employee)
-            .insert_into(&mut headers)
-            .expect("a plain subject");
-        assert!(user("josé", Role::Admin)
-            .insert_into(&mut http::HeaderMap::new())
-            .is_err());
-        assert!(Caller::Internal
-            .insert_into(&mut http::HeaderMap::new())
-            .is_err());
-        assert!(!valid_name("") && !valid_name("a b") && valid_name("client:ops-bot"));
-        let md = MetadataMap::from_headers(headers);
+    fn no_verified_caller_is_refused() {
         assert_eq!(
-            Caller::from_metadata(&md).ok(),
-            Some(user("3117", Role::Employee))
-        );
-        let mut half = MetadataMap::new();
-        half.insert(SUBJECT, "3117".parse().expect("ascii"));
-        assert_eq!(
-            code(Caller::from_metadata(&half)),
+            code(Caller::of(&tonic::Request::new(()))),
             tonic::Code::Unauthenticated
         );
-        assert_eq!(
-            Caller::from_metadata(&MetadataMap::new()).ok(),
-            Some(Caller::Internal)
-        );
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(user("6", Role::Employee));
+        assert_eq!(Caller::of(&request).ok(), Some(user("6", Role::Employee)));
+        assert!(!valid_name("") && !valid_name("a b") && valid_name("client:ops-bot"));
     }
 }

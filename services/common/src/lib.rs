@@ -5,7 +5,9 @@
 //!   plus the outbox and inbox tables every service carries.
 //! - [`events`]: the event envelope, subjects and stream names on JetStream.
 //! - [`outbox`]: the transactional outbox and the relay that publishes it.
-//! - [`identity`]: the caller the gateway verified, and what each role may do.
+//! - [`auth`]: tokens on every call: verifying them against the gateway's keys (servers)
+//!   and a service's own token (callers).
+//! - [`identity`]: the verified caller, and what each role may do.
 //! - [`inbox`]: processed-event ids, written in the same transaction as a handler's effect.
 //! - [`nats`]: connecting to JetStream and declaring streams.
 //! - [`consumer`]: durable pull consumers shared by replicas, handling events in batches.
@@ -23,6 +25,7 @@
 //!   in-process tests.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod calendar;
 pub mod config;
 pub mod consumer;

@@ -2,7 +2,7 @@
 //! database, bind the gRPC port, connect to JetStream, run the outbox relay and the event
 //! policies beside the gRPC server, and stop them all with one token.
 
-use crate::config::{redact_url, EventArgs};
+use crate::config::{redact_url, AuthArgs, EventArgs};
 use crate::consumer::{self, CallingPolicy, Subscription};
 use crate::events::EventContext;
 use crate::outbox::Outbox;
@@ -24,6 +24,8 @@ pub enum StartError {
     Nats(#[from] crate::nats::NatsError),
     #[error(transparent)]
     Serve(#[from] crate::grpc::ServeError),
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// Where a service listens and keeps its data.
@@ -34,6 +36,8 @@ pub struct Endpoints<'a> {
     pub listen: SocketAddr,
     pub database_url: &'a str,
     pub events: &'a EventArgs,
+    /// How callers' tokens are checked.
+    pub auth: &'a AuthArgs,
     /// Where `/metrics` is served (None: not served).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -52,6 +56,8 @@ pub struct Host {
     consumer_metrics: consumer::ConsumerMetrics,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    /// Checks the token of every call the server takes.
+    verifier: Arc<crate::auth::Verifier>,
     /// Policies (consumers): stopped with the server.
     tasks: JoinSet<()>,
     /// The relay: stopped last, so what the last calls and handlers committed goes out.
@@ -79,6 +85,7 @@ impl Host {
             namespace = %at.events.event_namespace,
             "starting"
         );
+        let verifier = crate::auth::Verifier::new(at.auth).map_err(StartError::Auth)?;
         let db = db::connect_and_migrate::<M>(at.database_url).await?;
         let listener = grpc::bind(at.listen).await?;
         let metrics_listener = match at.metrics_listen {
@@ -102,6 +109,7 @@ impl Host {
             rpc_metrics,
             listener,
             metrics_listener,
+            verifier,
             tasks: JoinSet::new(),
             relay: None,
             shutdown,
@@ -173,6 +181,7 @@ impl Host {
             self.listener,
             service,
             self.rpc_metrics.clone(),
+            self.verifier.clone(),
             self.shutdown.clone(),
         )
         .await;

@@ -38,7 +38,7 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::ListDeliveriesRequest>,
     ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
-        Caller::from_metadata(request.metadata())?.require(Role::Manager, "the delivery list")?;
+        Caller::of(&request)?.require(Role::Manager, "the delivery list")?;
         let req = request.into_inner();
         let date = if req.reservation_date.is_empty() {
             None
@@ -77,7 +77,7 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::ShipTicketRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
-        Caller::from_metadata(request.metadata())?.require(Role::Manager, "ShipTicket")?;
+        Caller::of(&request)?.require(Role::Manager, "ShipTicket")?;
         let id = positive_id("delivery_id", request.into_inner().delivery_id)?;
         match self
             .store
@@ -101,8 +101,8 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         &self,
         request: Request<pb::CancelDeliveryRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
-        // ParkingLot's call from inside the mesh; from outside, an admin's repair tool.
-        Caller::from_metadata(request.metadata())?.require(Role::Admin, "CancelDelivery")?;
+        // The cancel saga's compensation: parking-lot's service identity, or an admin by hand.
+        Caller::of(&request)?.require_any(&[Role::Service, Role::Admin], "CancelDelivery")?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let d = self
             .store

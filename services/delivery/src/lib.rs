@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
     about = "TicketDelivery service (parking.v1.TicketDeliveryService)"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50053")]
+    /// gRPC listen address (loopback unless told otherwise: the manifests set 0.0.0.0).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
     #[arg(
@@ -42,10 +42,12 @@ pub struct Config {
     )]
     pub database_url: String,
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9453")]
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9453")]
     pub metrics_listen: parking_common::config::OptionalAddr,
     #[command(flatten)]
     pub events: EventArgs,
+    #[command(flatten)]
+    pub auth: parking_common::config::AuthArgs,
 }
 
 /// Runs the service until `shutdown`.
@@ -55,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
+        auth: &config.auth,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

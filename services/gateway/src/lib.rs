@@ -4,13 +4,13 @@
 //! `grpc.health.v1` and reflection for all of them itself.
 //!
 //! Every API call passes the [`guard`] first: rate limits per client address and per
-//! token subject, an access token from [`oauth`]'s endpoint, and the verified identity set
-//! for the backends, which enforce each role's rights themselves.
+//! token subject and an access token from [`oauth`]'s endpoint. The token goes on with
+//! the call: each backend checks it again and enforces each role's rights itself.
 //!
 //! - [`proxy`]: forwarding a call to its backend.
-//! - [`guard`]: limits, token check, identity headers.
+//! - [`guard`]: limits and the token check.
 //! - [`limit`]: token-bucket rate limiters.
-//! - [`tokens`]: signing and checking JWTs; the JWK set.
+//! - [`tokens`]: signing and checking JWTs; the JWK set; key rotation.
 //! - [`users`]: the accounts file (argon2id hashes).
 //! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
 //! - [`rest`]: REST/JSON from the protos' google.api.http annotations.
@@ -45,10 +45,10 @@ use tower::Layer;
 )]
 pub struct Config {
     /// Listen address (gRPC over HTTP/2).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9450")]
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9450")]
     pub metrics_listen: OptionalAddr,
     /// Istio DestinationRule / VirtualService YAML files for the backends' hosts
     /// (`reservation`, `parking-lot`, `delivery`, `status`), comma-separated; empty:
@@ -96,8 +96,9 @@ pub struct Config {
     /// writes it). Missing: nobody can log in. Re-read when it changes.
     #[arg(long, env = "ACCOUNTS_FILE", default_value = "var/accounts.yaml")]
     pub accounts_file: PathBuf,
-    /// Ed25519 private key (PKCS#8 PEM) that signs tokens. Unset: a key made at start,
-    /// so tokens end with the process and replicas do not share them.
+    /// Ed25519 private keys (PKCS#8 PEM, one or more in the file): the first signs tokens,
+    /// all are published and accepted (key rotation); re-read when it changes. Unset: a
+    /// key made at start, so tokens end with the process and replicas do not share them.
     #[arg(long, env = "TOKEN_KEY_FILE")]
     pub token_key_file: Option<PathBuf>,
     /// The tokens' issuer (`iss`).
@@ -262,6 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             tokens::Tokens::ephemeral(&config.token_issuer, &config.token_audience, lifetime)?
         }
     });
+    let rotated = tokens.clone();
     let accounts = users::AccountsFile::open(&config.accounts_file)?;
     let guard = Arc::new(guard::Guard {
         tokens: tokens.clone(),
@@ -365,6 +367,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(guard.shrink_limiters(shutdown.clone()));
     tasks.spawn(accounts.watch(Duration::from_secs(2), shutdown.clone()));
+    tasks.spawn(rotated.watch(Duration::from_secs(2), shutdown.clone()));
     if let Some(addr) = config.metrics_listen.0 {
         let metrics = parking_common::grpc::bind(addr).await?;
         let mut registry = prometheus_client::registry::Registry::default();
@@ -383,6 +386,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         health,
         &[],
         rpc_metrics,
+        // The guard checks every API call itself (and the REST and token routes).
+        None,
         shutdown.clone(),
     )
     .await;

@@ -296,7 +296,7 @@ impl TokenEndpoint {
 pub fn jwks(tokens: &Tokens) -> http::Response<AxumBody> {
     let mut response = crate::rest::json_body(
         StatusCode::OK,
-        serde_json::to_string(tokens.jwks()).unwrap_or_else(|_| "{\"keys\":[]}".into()),
+        serde_json::to_string(&tokens.jwks()).unwrap_or_else(|_| "{\"keys\":[]}".into()),
     );
     response.headers_mut().insert(
         header::CACHE_CONTROL,

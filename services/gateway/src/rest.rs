@@ -293,14 +293,18 @@ impl Rest {
             Ok(message) => message,
             Err(status) => return error_response(&status),
         };
-        let identity = parts
+        // The verified token (the backend checks it again) and the call's id go on.
+        let forwarded = parts
             .headers
             .iter()
-            .filter(|(name, _)| name.as_str().starts_with(parking_common::identity::PREFIX))
+            .filter(|(name, _)| {
+                *name == http::header::AUTHORIZATION
+                    || name.as_str() == parking_common::propagation::REQUEST_ID
+            })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect::<http::HeaderMap>();
         let mut call = tonic::Request::from_parts(
-            tonic::metadata::MetadataMap::from_headers(identity),
+            tonic::metadata::MetadataMap::from_headers(forwarded),
             tonic::Extensions::default(),
             message,
         );

@@ -1,31 +1,30 @@
 //! Access tokens: EdDSA (Ed25519) JWTs the gateway signs at `/oauth2/token` and checks on
-//! every call, and the public key as a JWK set at `/.well-known/jwks.json` so others can
-//! check them too.
+//! every call, and the public keys as a JWK set at `/.well-known/jwks.json`, where the
+//! backends read them to check the same tokens again (`parking_common::auth`).
 //!
 //! A token is accepted only when all of these hold: algorithm EdDSA (so `alg: none` and
-//! HMAC-with-the-public-key tricks fail), our key id, a valid signature, not expired
-//! (a few seconds of leeway for clock skew), our issuer and audience, and a known role.
+//! HMAC-with-the-public-key tricks fail), a published key id, a valid signature, not
+//! expired (a few seconds of leeway for clock skew), our issuer and audience, and a known
+//! role.
+//!
+//! Key rotation with no downtime: TOKEN_KEY_FILE may hold several keys. The first signs;
+//! all are published and accepted. The file is read again when it changes, so a rotation
+//! is three edits with no restart: add the new key second (published: every backend
+//! fetches it as soon as a token names it), move it first (it signs), and once the
+//! longest-lived token of the old key has expired, remove the old key.
 
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse,
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use parking_common::auth::KeySet;
+pub use parking_common::auth::{Claims, Refused};
 use parking_common::identity::{Caller, Role};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-/// What a token says.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    /// A user's login (an employee's member id) or a client's id.
-    pub sub: String,
-    pub role: Role,
-    pub iat: u64,
-    pub exp: u64,
-}
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,36 +36,108 @@ pub enum Error {
     Random(getrandom::Error),
 }
 
-/// Why a token was refused; the message goes back to the caller as it is.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refused {
-    #[error("missing access token: send `authorization: Bearer <token>` (get one at POST /oauth2/token)")]
-    Missing,
-    #[error("the authorization header is not `Bearer <token>`")]
-    NotBearer,
-    #[error("access token expired; log in again")]
-    Expired,
-    #[error("access token not signed by this gateway's key")]
-    UnknownKey,
-    #[error("access token algorithm not accepted (EdDSA only)")]
-    Algorithm,
-    #[error("access token signature does not match")]
-    Signature,
-    #[error("access token is for another audience")]
-    Audience,
-    #[error("access token is from another issuer")]
-    Issuer,
-    #[error("access token is malformed")]
-    Malformed,
+/// The keys of one reading of the key file.
+struct Keys {
+    /// The key that signs, and its id.
+    signing: (String, EncodingKey),
+    /// Every key's public half, for checking.
+    checking: KeySet,
+    /// The same public halves as served at `/.well-known/jwks.json`.
+    jwks: JwkSet,
 }
 
-/// Signing and checking with one Ed25519 key.
+impl Keys {
+    fn new(
+        keys: &[ed25519_dalek::SigningKey],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Keys, Error> {
+        use base64::Engine;
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut checking = KeySet::empty(issuer, audience);
+        let mut jwks = JwkSet { keys: Vec::new() };
+        let mut signing = None;
+        for key in keys {
+            let public = key.verifying_key().to_bytes();
+            // The key id is the public key's first 12 bytes: stable for a key, new for a new one.
+            let kid = b64.encode(&public[..12]);
+            checking.insert(kid.clone(), DecodingKey::from_ed_der(&public));
+            jwks.keys.push(Jwk {
+                common: CommonParameters {
+                    public_key_use: Some(PublicKeyUse::Signature),
+                    key_algorithm: Some(KeyAlgorithm::EdDSA),
+                    key_id: Some(kid.clone()),
+                    ..Default::default()
+                },
+                algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                    key_type: OctetKeyPairType::OctetKeyPair,
+                    curve: EllipticCurve::Ed25519,
+                    x: b64.encode(public),
+                }),
+            });
+            if signing.is_none() {
+                let der = key.to_pkcs8_der().map_err(|e| Error::Key {
+                    path: "(in memory)".into(),
+                    message: e.to_string(),
+                })?;
+                signing = Some((kid, EncodingKey::from_ed_der(der.as_bytes())));
+            }
+        }
+        let signing = signing.ok_or_else(|| Error::Key {
+            path: "(in memory)".into(),
+            message: "no key".into(),
+        })?;
+        Ok(Keys {
+            signing,
+            checking,
+            jwks,
+        })
+    }
+}
+
+/// Every PKCS#8 PEM Ed25519 private key in a file, in order.
+fn read_keys(path: &Path) -> Result<Vec<ed25519_dalek::SigningKey>, Error> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let key_error = |message: String| Error::Key {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| key_error(e.to_string()))?;
+    const END: &str = "-----END PRIVATE KEY-----";
+    let mut keys = Vec::new();
+    for block in text.split_inclusive(END).filter(|b| b.contains(END)) {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(block.trim()).map_err(|e| {
+            key_error(format!(
+                "key {}: not a PKCS#8 Ed25519 private key: {e}",
+                keys.len() + 1
+            ))
+        })?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Err(key_error(
+            "no PKCS#8 private key (make one with `openssl genpkey -algorithm ed25519`)".into(),
+        ));
+    }
+    Ok(keys)
+}
+
+/// When a file was last changed and its length: a change of either means "read again".
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// Signing and checking with the gateway's keys.
 pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-    kid: String,
-    jwks: JwkSet,
+    keys: RwLock<Arc<Keys>>,
+    /// The key file, read again when it changes (None: a key made at start), and its
+    /// stamp before the keys in use were read (a change since is never missed).
+    path: Option<(PathBuf, Stamp)>,
     /// Expected `iss`; also what we put there.
     pub issuer: String,
     /// Expected `aud`; also what we put there.
@@ -76,22 +147,23 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// From a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`).
+    /// From a file of PKCS#8 PEM Ed25519 private keys (`openssl genpkey -algorithm
+    /// ed25519`); the first signs.
     pub fn from_pem_file(
         path: &Path,
         issuer: &str,
         audience: &str,
         lifetime: Duration,
     ) -> Result<Tokens, Error> {
-        use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let key_error = |message: String| Error::Key {
-            path: path.display().to_string(),
-            message,
-        };
-        let pem = std::fs::read_to_string(path).map_err(|e| key_error(e.to_string()))?;
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| key_error(format!("not a PKCS#8 Ed25519 private key: {e}")))?;
-        Self::new(key, issuer, audience, lifetime)
+        let before = stamp(path);
+        let keys = Keys::new(&read_keys(path)?, issuer, audience)?;
+        Ok(Self::new(
+            keys,
+            Some((path.to_owned(), before)),
+            issuer,
+            audience,
+            lifetime,
+        ))
     }
 
     /// A fresh key that lives as long as this process: tokens die with a restart, and
@@ -99,64 +171,42 @@ impl Tokens {
     pub fn ephemeral(issuer: &str, audience: &str, lifetime: Duration) -> Result<Tokens, Error> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(Error::Random)?;
-        Self::new(
-            ed25519_dalek::SigningKey::from_bytes(&seed),
-            issuer,
-            audience,
-            lifetime,
-        )
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let keys = Keys::new(&[key], issuer, audience)?;
+        Ok(Self::new(keys, None, issuer, audience, lifetime))
     }
 
     fn new(
-        key: ed25519_dalek::SigningKey,
+        keys: Keys,
+        path: Option<(PathBuf, Stamp)>,
         issuer: &str,
         audience: &str,
         lifetime: Duration,
-    ) -> Result<Tokens, Error> {
-        use base64::Engine;
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        let der = key.to_pkcs8_der().map_err(|e| Error::Key {
-            path: "(in memory)".into(),
-            message: e.to_string(),
-        })?;
-        let encoding = EncodingKey::from_ed_der(der.as_bytes());
-        let public = key.verifying_key().to_bytes();
-        let decoding = DecodingKey::from_ed_der(&public);
-        // The key id is the public key's first 12 bytes: stable for a key, new for a new one.
-        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&public[..12]);
-        let jwk = Jwk {
-            common: CommonParameters {
-                public_key_use: Some(PublicKeyUse::Signature),
-                key_algorithm: Some(KeyAlgorithm::EdDSA),
-                key_id: Some(kid.clone()),
-                ..Default::default()
-            },
-            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public),
-            }),
-        };
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
-        Ok(Tokens {
-            encoding,
-            decoding,
-            validation,
-            kid,
-            jwks: JwkSet { keys: vec![jwk] },
+    ) -> Tokens {
+        Tokens {
+            keys: RwLock::new(Arc::new(keys)),
+            path,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             lifetime,
-        })
+        }
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        self.keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     /// The public key set served at `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> &JwkSet {
-        &self.jwks
+    pub fn jwks(&self) -> JwkSet {
+        self.keys().jwks.clone()
+    }
+
+    /// The id of the key that signs now.
+    pub fn signing_kid(&self) -> String {
+        self.keys().signing.0.clone()
     }
 
     /// A signed token for `subject` with `role`.
@@ -173,12 +223,13 @@ impl Tokens {
         self.sign(&claims)
     }
 
-    /// Signs any claims with this key (tests use it to make expired or misaddressed
-    /// tokens that are otherwise genuine).
+    /// Signs any claims with the signing key (tests use it to make expired or
+    /// misaddressed tokens that are otherwise genuine).
     pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
+        let keys = self.keys();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(Error::Sign)
+        header.kid = Some(keys.signing.0.clone());
+        jsonwebtoken::encode(&header, claims, &keys.signing.1).map_err(Error::Sign)
     }
 
     /// The caller an `authorization` header value proves.
@@ -186,66 +237,45 @@ impl Tokens {
         &self,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Caller, Refused> {
-        let value = authorization.ok_or(Refused::Missing)?;
-        let value = value.to_str().map_err(|_| Refused::NotBearer)?;
-        // The scheme is case-insensitive (RFC 9110 11.1).
-        let (scheme, token) = value.split_once(' ').ok_or(Refused::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Refused::NotBearer);
-        }
-        let token = token.trim();
-        self.check(token)
+        self.check(parking_common::auth::bearer(authorization)?)
     }
 
     /// The caller a token proves.
     pub fn check(&self, token: &str) -> Result<Caller, Refused> {
-        use jsonwebtoken::errors::ErrorKind;
-        // The header is read first only to tell "other key" from "bad signature";
-        // the signature check below is what decides.
-        let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            // An algorithm the library does not know at all ("none") fails the header's
-            // parse: tell the caller that rather than "malformed".
-            if names_an_algorithm(token) {
-                Refused::Algorithm
-            } else {
-                Refused::Malformed
-            }
-        })?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(Refused::Algorithm);
-        }
-        if header.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(Refused::UnknownKey);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => Refused::Expired,
-                ErrorKind::InvalidSignature => Refused::Signature,
-                ErrorKind::InvalidAudience => Refused::Audience,
-                ErrorKind::InvalidIssuer => Refused::Issuer,
-                ErrorKind::InvalidAlgorithm => Refused::Algorithm,
-                _ => Refused::Malformed,
-            })?;
-        Ok(Caller::User {
-            subject: data.claims.sub,
-            role: data.claims.role,
-        })
+        self.keys().checking.check(token)
     }
-}
 
-/// Does the token's header parse as JSON with an `alg`?
-fn names_an_algorithm(token: &str) -> bool {
-    use base64::Engine;
-    token
-        .split('.')
-        .next()
-        .and_then(|h| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .ok()
-        })
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .is_some_and(|header| header.get("alg").is_some())
+    /// Reads the key file again whenever it changes; a file that cannot be read leaves
+    /// the last good keys in place.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let Some((path, mut seen)) = self.path.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match read_keys(&path).and_then(|k| Keys::new(&k, &self.issuer, &self.audience)) {
+                Ok(keys) => {
+                    tracing::info!(
+                        keys = keys.jwks.keys.len(),
+                        signing = %keys.signing.0,
+                        "token keys reloaded"
+                    );
+                    *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "token key file change refused; keeping the last good keys")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +295,7 @@ mod tests {
         let jwt = t.issue("3117", Role::Employee).expect("sign");
         assert_eq!(
             t.check(&jwt),
-            Ok(Caller::User {
+            Ok(Caller {
                 subject: "3117".into(),
                 role: Role::Employee
             })
@@ -298,8 +328,8 @@ mod tests {
         // Another key with our key id.
         let other = tokens();
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(t.kid.clone());
-        let forged = jsonwebtoken::encode(&header, &claims, &other.encoding).expect("sign");
+        header.kid = Some(t.signing_kid());
+        let forged = jsonwebtoken::encode(&header, &claims, &other.keys().signing.1).expect("sign");
         assert_eq!(t.check(&forged), Err(Refused::Signature));
         // Another key under its own id.
         let theirs = other.issue("3117", Role::Admin).expect("sign");
@@ -321,9 +351,7 @@ mod tests {
                 exp: now + 60,
             };
             edit(&mut claims);
-            let mut header = Header::new(Algorithm::EdDSA);
-            header.kid = Some(t.kid.clone());
-            jsonwebtoken::encode(&header, &claims, &t.encoding).expect("sign")
+            t.sign(&claims).expect("sign")
         };
         assert!(t.check(&sign(&|_| {})).is_ok());
         assert_eq!(
@@ -345,5 +373,56 @@ mod tests {
             jwks["keys"][0].get("d").is_none(),
             "no private part in the JWKS"
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_file_rotates_without_a_restart() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let folder = std::env::temp_dir().join(format!("tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).expect("dir");
+        let path = folder.join("keys.pem");
+        let pem = |seed: u8| {
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+                .to_pkcs8_pem(Default::default())
+                .expect("pem")
+                .to_string()
+        };
+        std::fs::write(&path, pem(1)).expect("write");
+        let t = Arc::new(
+            Tokens::from_pem_file(&path, "i", "a", Duration::from_secs(60)).expect("keys"),
+        );
+        let old = t.issue("6", Role::Employee).expect("sign");
+        let old_kid = t.signing_kid();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(t.clone().watch(Duration::from_millis(20), shutdown.clone()));
+        let reloaded = |keys: usize| {
+            let t = t.clone();
+            async move {
+                for _ in 0..200 {
+                    if t.jwks().keys.len() == keys {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("not reloaded");
+            }
+        };
+        // The new key first: it signs; the old one stays published and accepted.
+        std::fs::write(&path, pem(2) + &pem(1)).expect("write");
+        reloaded(2).await;
+        assert_ne!(t.signing_kid(), old_kid);
+        let new = t.issue("6", Role::Employee).expect("sign");
+        assert!(t.check(&old).is_ok() && t.check(&new).is_ok());
+        // A broken file changes nothing.
+        std::fs::write(&path, "not a key").expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(t.check(&old).is_ok());
+        // The old key retired: its tokens are refused, the new one's accepted.
+        std::fs::write(&path, pem(2)).expect("write");
+        reloaded(1).await;
+        assert_eq!(t.check(&old), Err(Refused::UnknownKey));
+        assert!(t.check(&new).is_ok());
+        shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&folder);
     }
 }

@@ -48,7 +48,7 @@ impl pb::parking_lot_service_server::ParkingLotService for Api {
         &self,
         request: Request<pb::SetDailyCapacityRequest>,
     ) -> Result<Response<pb::DailyAvailability>, Status> {
-        Caller::from_metadata(request.metadata())?.require(Role::Admin, "SetDailyCapacity")?;
+        Caller::of(&request)?.require(Role::Admin, "SetDailyCapacity")?;
         let req = request.into_inner();
         let day =
             parse_day("date", &req.date).map_err(|e| Status::invalid_argument(e.to_string()))?;

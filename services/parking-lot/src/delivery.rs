@@ -4,9 +4,11 @@
 
 use mesh::error::{find, is_fail_fast, CircuitOpen};
 use mesh::MeshClient;
+use parking_common::auth::ServiceCredentials;
 use parking_common::pb::ticket_delivery_service_client::TicketDeliveryServiceClient;
 use parking_common::pb::{CancelDeliveryRequest, DeliveryState};
 use parking_common::propagation::Inject;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// TicketDelivery did not confirm the cancellation.
@@ -38,18 +40,21 @@ pub trait DeliveryCanceller: Send + Sync + 'static {
     async fn cancel_delivery(&self, reservation_id: i64) -> Result<(), CancelDeliveryError>;
 }
 
-/// TicketDelivery over gRPC through the mesh.
+/// TicketDelivery over gRPC through the mesh, as parking-lot's own service identity.
 #[derive(Clone)]
 pub struct GrpcDelivery {
     client: TicketDeliveryServiceClient<Inject<MeshClient>>,
+    /// parking-lot's token, sent with every call (delivery verifies it).
+    credentials: Arc<ServiceCredentials>,
     /// Deadline of one call, retries included (sent as grpc-timeout, enforced here too).
     timeout: Duration,
 }
 
 impl GrpcDelivery {
-    pub fn new(mesh: MeshClient, timeout: Duration) -> Self {
+    pub fn new(mesh: MeshClient, credentials: Arc<ServiceCredentials>, timeout: Duration) -> Self {
         Self {
             client: TicketDeliveryServiceClient::new(Inject(mesh)),
+            credentials,
             timeout,
         }
     }
@@ -58,8 +63,23 @@ impl GrpcDelivery {
 #[async_trait::async_trait]
 impl DeliveryCanceller for GrpcDelivery {
     async fn cancel_delivery(&self, reservation_id: i64) -> Result<(), CancelDeliveryError> {
+        let authorization = match self.credentials.authorization().await {
+            Ok(value) => value,
+            // No token, no call: the cancellation waits (redelivered with back-off).
+            Err(error) => {
+                return Err(CancelDeliveryError {
+                    code: tonic::Code::Unauthenticated,
+                    message: format!("no service token for CancelDelivery: {error}"),
+                    fail_fast: true,
+                    retry_after: None,
+                })
+            }
+        };
         let mut request = tonic::Request::new(CancelDeliveryRequest { reservation_id });
         request.set_timeout(self.timeout);
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(authorization.as_bytes()) {
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut client = self.client.clone();
         match tokio::time::timeout(self.timeout, client.cancel_delivery(request)).await {
             // Only a delivery reported CANCELED lets the space go.

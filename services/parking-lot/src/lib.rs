@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
     about = "ParkingLot service (parking.v1.ParkingLotService)"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    /// gRPC listen address (loopback unless told otherwise: the manifests set 0.0.0.0).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
     #[arg(
@@ -62,12 +62,17 @@ pub struct Config {
     #[arg(long, env = "MESH_HOST", default_value = "delivery")]
     pub mesh_host: String,
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9452")]
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9452")]
     pub metrics_listen: parking_common::config::OptionalAddr,
     #[command(flatten)]
     pub events: EventArgs,
     #[command(flatten)]
+    pub auth: parking_common::config::AuthArgs,
+    #[command(flatten)]
     pub calendar: CalendarArgs,
+    /// parking-lot's own identity for CancelDelivery.
+    #[command(flatten)]
+    pub client: parking_common::config::ClientArgs,
 }
 
 /// Parking-lot could not start.
@@ -79,6 +84,8 @@ pub enum Error {
     DeliveryUrl { url: String, message: String },
     #[error("MESH_CONFIG: {0}")]
     Mesh(#[from] mesh::istio::ConfigError),
+    #[error(transparent)]
+    Credentials(#[from] parking_common::auth::FetchError),
 }
 
 /// Runs the service until `shutdown`.
@@ -99,13 +106,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
     let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
     mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
-    let delivery =
-        delivery::GrpcDelivery::new(mesh, Duration::from_millis(config.delivery_timeout_ms));
+    let credentials = parking_common::auth::ServiceCredentials::new(&config.client)?;
+    let delivery = delivery::GrpcDelivery::new(
+        mesh,
+        credentials,
+        Duration::from_millis(config.delivery_timeout_ms),
+    );
     let endpoints = Endpoints {
         name: "parking-lot",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
+        auth: &config.auth,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

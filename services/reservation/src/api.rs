@@ -45,7 +45,7 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::ReserveTicketRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         // Without a request_id of the client's, the gateway's id of this call: a retry of
         // it by the mesh (the first try committed, its answer was lost) returns the first
         // result instead of "already holds a ticket".
@@ -94,20 +94,18 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let id = positive_id("id", request.into_inner().id)?;
         correlate(id);
-        if caller != Caller::Internal {
-            // A reservation's member never changes, so checking before the cancel is safe.
-            match self
-                .store
-                .get(id)
-                .await
-                .map_err(|e| db_status("CancelReservation", e))?
-            {
-                Some(r) => caller.may_act_for(r.member_id)?,
-                None => return Err(Status::not_found(format!("no reservation with id {id}"))),
-            }
+        // A reservation's member never changes, so checking before the cancel is safe.
+        match self
+            .store
+            .get(id)
+            .await
+            .map_err(|e| db_status("CancelReservation", e))?
+        {
+            Some(r) => caller.may_act_for(r.member_id)?,
+            None => return Err(Status::not_found(format!("no reservation with id {id}"))),
         }
         match self
             .store
@@ -133,7 +131,7 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::TicketReservation>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let id = positive_id("id", request.into_inner().id)?;
         match self
             .store
@@ -153,7 +151,7 @@ impl pb::ticket_reservation_service_server::TicketReservationService for Api {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let member = match caller.list_scope(req.member_id)? {
             0 => None,

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
     about = "TicketReservation service (parking.v1.TicketReservationService)"
 )]
 pub struct Config {
-    /// gRPC listen address.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    /// gRPC listen address (loopback unless told otherwise: the manifests set 0.0.0.0).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// sea-orm database URL (sqlite://… or postgres://…).
     #[arg(
@@ -41,10 +41,12 @@ pub struct Config {
     )]
     pub database_url: String,
     /// Where Prometheus metrics are served (`/metrics`); "off" to serve none.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9451")]
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9451")]
     pub metrics_listen: parking_common::config::OptionalAddr,
     #[command(flatten)]
     pub events: EventArgs,
+    #[command(flatten)]
+    pub auth: parking_common::config::AuthArgs,
     #[command(flatten)]
     pub calendar: CalendarArgs,
 }
@@ -61,6 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
+        auth: &config.auth,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

@@ -78,7 +78,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::GetReservationStatusRequest>,
     ) -> Result<Response<pb::ReservationStatus>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         // `id` is the seed's REST query name (/reservationStatuses/reservationID?id=).
         let id = match (req.reservation_id, req.id) {
@@ -106,7 +106,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::ListReservationStatusesRequest>,
     ) -> Result<Response<pb::ListReservationStatusesResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let member = match caller.list_scope(req.member_id)? {
             0 => None,
@@ -142,7 +142,7 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         &self,
         request: Request<pb::WatchReservationStatusRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let mut changes = self.changes.subscribe();
         let store = self.store.clone();
