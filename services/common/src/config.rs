@@ -16,6 +16,10 @@ pub struct EventArgs {
     /// Most events one replica handles in one transaction per consumer.
     #[arg(long, env = "CONSUMER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub consumer_batch: u16,
+    /// Copies JetStream keeps of each stream (1 on one server; 3 on a 3-node cluster, so
+    /// losing a node loses nothing).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// Most calls to other services a policy has in flight at once (ParkingLot's
     /// CancelDelivery), per consumer.
     #[arg(long, env = "CONSUMER_CONCURRENCY", default_value_t = 8)]

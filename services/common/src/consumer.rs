@@ -308,7 +308,14 @@ impl<P: CallingPolicy> Runner<P> {
         let batch = self.batch.max(1);
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            match bind(&self.js, &self.namespace, &self.subscription).await {
+            match bind(
+                &self.js,
+                &self.namespace,
+                &self.subscription,
+                self.outbox.replicas(),
+            )
+            .await
+            {
                 Ok(consumer) => match consumer
                     .stream()
                     .max_messages_per_batch(batch)
@@ -506,8 +513,9 @@ async fn bind(
     js: &jetstream::Context,
     namespace: &str,
     sub: &Subscription,
+    replicas: usize,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = crate::nats::ensure_stream(js, namespace, sub.context).await?;
+    let stream = crate::nats::ensure_stream(js, namespace, sub.context, replicas).await?;
     let filter_subject = sub
         .event_name
         .map(|name| sub.context.subject(namespace, name))

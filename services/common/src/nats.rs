@@ -29,12 +29,14 @@ pub async fn connect(url: &str, name: &str) -> Result<jetstream::Context, NatsEr
     Ok(jetstream::new(client))
 }
 
-/// Declares the stream of `context` (or finds it). Every side may declare it, so a
-/// consumer started before its publisher still finds its stream.
+/// Declares the stream of `context` with `replicas` copies (or finds it). Every side may
+/// declare it, so a consumer started before its publisher still finds its stream; all of
+/// a deployment's services are given the same STREAM_REPLICAS.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     namespace: &str,
     context: EventContext,
+    replicas: usize,
 ) -> Result<stream::Stream, NatsError> {
     let name = context.stream(namespace);
     js.get_or_create_stream(stream::Config {
@@ -43,6 +45,8 @@ pub async fn ensure_stream(
         storage: stream::StorageType::File,
         // The window in which JetStream drops a re-published event by its Nats-Msg-Id.
         duplicate_window: Duration::from_secs(120),
+        // On a JetStream cluster: the stream survives losing all but a quorum of servers.
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await

@@ -91,6 +91,8 @@ impl OutboxMetrics {
 pub struct Outbox {
     /// Subject prefix of this deployment.
     namespace: Arc<str>,
+    /// Copies of the stream, when the relay declares it.
+    replicas: usize,
     /// Wakes the relay after a commit, so events go out at once instead of at the next poll.
     committed: Arc<Notify>,
     /// Read by Prometheus; written by the relay after each round.
@@ -102,9 +104,20 @@ impl Outbox {
     pub fn new(namespace: &str) -> Self {
         Self {
             namespace: namespace.into(),
+            replicas: 1,
             committed: Arc::new(Notify::new()),
             metrics: OutboxMetrics::default(),
         }
+    }
+
+    /// The outbox of a deployment whose streams have `replicas` copies.
+    pub fn with_replicas(self, replicas: usize) -> Self {
+        Self { replicas, ..self }
+    }
+
+    /// Copies of the deployment's streams.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The namespace events are published under.
@@ -201,9 +214,14 @@ impl Relay {
             }
             let round = async {
                 if !stream_ready {
-                    crate::nats::ensure_stream(&self.js, &self.outbox.namespace, self.context)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    crate::nats::ensure_stream(
+                        &self.js,
+                        &self.outbox.namespace,
+                        self.context,
+                        self.outbox.replicas,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                     stream_ready = true;
                 }
                 self.drain(&mut cursor).await

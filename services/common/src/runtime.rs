@@ -96,7 +96,8 @@ impl Host {
         let mut registry = prometheus_client::registry::Registry::default();
         let rpc_metrics = crate::observe::RpcMetrics::default();
         rpc_metrics.register(&mut registry);
-        let outbox = Outbox::new(&at.events.event_namespace);
+        let replicas = usize::from(at.events.stream_replicas);
+        let outbox = Outbox::new(&at.events.event_namespace).with_replicas(replicas);
         outbox.metrics.register(&mut registry);
         let consumer_metrics = consumer::ConsumerMetrics::default();
         consumer_metrics.register(&mut registry);

@@ -65,7 +65,7 @@ fn reserved(id: i64, day: &str) -> EventEnvelope {
 async fn a_poison_event_does_not_hold_up_the_batch(backend: Backend) {
     let test = TestDb::open::<SharedMigrator>(backend).await;
     let nats = TestNats::connect().await;
-    parking_common::nats::ensure_stream(&nats.js, &nats.namespace, EventContext::Reservation)
+    parking_common::nats::ensure_stream(&nats.js, &nats.namespace, EventContext::Reservation, 1)
         .await
         .unwrap();
     let outbox = Outbox::new(&nats.namespace);

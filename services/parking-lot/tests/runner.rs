@@ -48,7 +48,7 @@ async fn allocations(db: &sea_orm::DatabaseConnection) -> Vec<(i64, String, Opti
 async fn allocation_goes_past_a_poison_event(backend: Backend) {
     let test = TestDb::open::<Migrator>(backend).await;
     let nats = TestNats::connect().await;
-    parking_common::nats::ensure_stream(&nats.js, &nats.namespace, EventContext::Reservation)
+    parking_common::nats::ensure_stream(&nats.js, &nats.namespace, EventContext::Reservation, 1)
         .await
         .unwrap();
     let published: Vec<EventEnvelope> = (1..=8)
