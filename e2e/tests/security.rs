@@ -1,6 +1,7 @@
 //! The gateway's door and the backends' rules, attacked through the gateway only: every
 //! refusal has the right code, and afterwards the data is exactly as it was (read straight
-//! from the backends, which trust calls from inside the mesh).
+//! from the backends with an operator's token). The backends attacked directly, with no
+//! gateway in the way: tests/zero_trust.rs.
 #![allow(clippy::unwrap_used)]
 
 use base64::Engine;
@@ -38,7 +39,7 @@ fn denied<T>(answer: Result<T, tonic::Status>, what: &str) {
     }
 }
 
-/// Everything the attacks could have changed, read from inside the mesh.
+/// Everything the attacks could have changed, read straight from the backends.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     reservations: Vec<(i64, i64, i32)>,
