@@ -33,8 +33,10 @@ use tonic_health::ServingStatus;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Edge {
     /// Connections open at once; beyond it a new connection is closed as soon as it is
-    /// accepted (counted in edge_connections_refused_total).
-    #[arg(long = "edge-max-connections", env = "EDGE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// accepted (counted in edge_connections_refused_total). A connection holding half a
+    /// request header costs about 13 KiB (hyper's 8 KiB read and write buffers), so the
+    /// default bounds a flood of them to about 60 MiB; raise it with the memory limit.
+    #[arg(long = "edge-max-connections", env = "EDGE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
     /// Time a new connection has to send its first complete request header (HTTP/1.1) or
     /// its HTTP/2 preface, and an HTTP/1.1 connection each later request header.
@@ -119,7 +121,7 @@ impl Metrics {
         );
         registry.register(
             "edge_connections_timed_out",
-            "Connections closed for not sending a request header or HTTP/2 preface in time",
+            "Connections closed before a first request: no complete request header or HTTP/2 preface in time, or a broken one",
             self.timed_out.clone(),
         );
         registry.register(
@@ -272,6 +274,10 @@ async fn connection<S>(
         tokio::select! {
             served = &mut conn => {
                 if let Err(error) = served {
+                    // hyper's own HTTP/1 header timeout may fire a moment before ours.
+                    if !greeted.is_cancelled() {
+                        metrics.timed_out.inc();
+                    }
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 break;
