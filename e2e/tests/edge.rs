@@ -363,10 +363,14 @@ async fn an_http2_rapid_reset_burst_is_cut_off() {
         mib(rss(pid)),
         call.is_ok()
     );
-    assert_eq!(
-        reason,
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "GOAWAY ENHANCE_YOUR_CALM"
+    // The gateway sends GOAWAY ENHANCE_YOUR_CALM and closes. When our frames are still
+    // unread in its socket then, the kernel answers the close with a reset that can
+    // overtake the GOAWAY: the client then sees only a broken connection.
+    let cut = reason == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        || ended.as_ref().err().is_some_and(h2::Error::is_io);
+    assert!(
+        cut,
+        "GOAWAY ENHANCE_YOUR_CALM or a closed connection: {ended:?}"
     );
     assert!(sent < 100_000, "cut off before the burst was through");
     assert!(healthy, "health still answered");
