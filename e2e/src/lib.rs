@@ -502,6 +502,20 @@ impl Cluster {
         port
     }
 
+    /// Process ids of the gateways started, oldest first (memory readings, signals).
+    pub fn gateway_pids(&self) -> Vec<u32> {
+        self.gateways.iter().filter_map(Child::id).collect()
+    }
+
+    /// Process ids of a service's running processes (signals such as SIGSTOP).
+    pub fn pids(&self, svc: Svc) -> Vec<u32> {
+        self.processes
+            .iter()
+            .filter(|(s, _)| *s == svc)
+            .filter_map(|(_, child)| child.id())
+            .collect()
+    }
+
     /// Stops every process of a service gracefully (SIGTERM) and waits for it.
     pub async fn stop_service(&mut self, svc: Svc) {
         self.stop_where(svc, "-TERM").await;

@@ -83,16 +83,15 @@ pub async fn base_routes() -> Result<(HealthReporter, Routes), ServeError> {
 
 /// Serves `routes` until `shutdown`, then drains in-flight calls while probes see
 /// NOT_SERVING for the server and each of `names`. HTTP/1.1 is accepted too (gRPC-Web and
-/// plain pages where a server routes them). With `auth`, every call but the health checks
-/// and reflection needs a valid token (the backends); without, the routes check callers
-/// themselves (the gateway's guard).
+/// plain pages where a server routes them). Every call but the health checks and
+/// reflection needs a token `auth` accepts.
 pub async fn serve_routes(
     listener: TcpListener,
     routes: Routes,
     health: HealthReporter,
     names: &[&'static str],
     metrics: crate::observe::RpcMetrics,
-    auth: Option<crate::auth::AuthLayer>,
+    auth: crate::auth::AuthLayer,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     for name in names {
@@ -132,7 +131,7 @@ pub async fn serve_routes(
     tonic::transport::Server::builder()
         .accept_http1(true)
         .layer(crate::observe::ObserveLayer { metrics })
-        .layer(tower::util::option_layer(auth))
+        .layer(auth)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drained)
         .await?;
@@ -156,7 +155,7 @@ pub async fn serve<S: GrpcService>(
         health,
         &[S::NAME],
         metrics,
-        Some(crate::auth::AuthLayer(verifier)),
+        crate::auth::AuthLayer(verifier),
         shutdown,
     )
     .await

@@ -7,6 +7,8 @@
 //! token subject and an access token from [`oauth`]'s endpoint. The token goes on with
 //! the call: each backend checks it again and enforces each role's rights itself.
 //!
+//! - [`edge`]: the server loop and its limits: connections, header reads, HTTP/2
+//!   streams and resets, calls in flight (shedding the excess), per-call deadlines.
 //! - [`proxy`]: forwarding a call to its backend.
 //! - [`guard`]: limits and the token check.
 //! - [`limit`]: token-bucket rate limiters.
@@ -18,6 +20,7 @@
 //!   backlog.
 #![forbid(unsafe_code)]
 
+pub mod edge;
 pub mod guard;
 pub mod limit;
 pub mod oauth;
@@ -130,6 +133,9 @@ pub struct Config {
     /// this many seconds.
     #[arg(long, env = "STATUS_BACKLOG_MAX_AGE_SECS", default_value_t = 5.0, value_parser = parse_age)]
     pub status_backlog_max_age_secs: f64,
+    /// Limits of the edge: connections, header reads, streams, calls in flight, deadlines.
+    #[command(flatten)]
+    pub edge: edge::Edge,
 }
 
 fn parse_age(value: &str) -> Result<f64, String> {
@@ -283,6 +289,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let streams = rest::streaming_paths(parking_proto::FILE_DESCRIPTOR_SET)?;
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
     let rpc_metrics = parking_common::observe::RpcMetrics::default();
+    let edge_metrics = edge::Metrics::default();
+    let admission = edge::Admission::new(&config.edge, streams.clone(), edge_metrics.clone());
     // gRPC-Web (browsers, HTTP/1.1) is translated per route, so plain HTTP routes such as
     // /status stay plain.
     let guarded = |forward: proxy::Forward| {
@@ -373,6 +381,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let mut registry = prometheus_client::registry::Registry::default();
         mesh_metrics.register(&mut registry);
         rpc_metrics.register(&mut registry);
+        edge_metrics.register(&mut registry);
         let registry = Arc::new(registry);
         tasks.spawn(parking_common::metrics::serve(
             metrics,
@@ -380,18 +389,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             shutdown.clone(),
         ));
     }
-    let served = parking_common::grpc::serve_routes(
+    let service = tower::ServiceBuilder::new()
+        .layer(parking_common::observe::ObserveLayer {
+            metrics: rpc_metrics,
+        })
+        .layer(admission)
+        .service(tonic::service::Routes::from(router).prepare());
+    edge::serve(
         listener,
-        tonic::service::Routes::from(router),
+        service,
         health,
-        &[],
-        rpc_metrics,
-        // The guard checks every API call itself (and the REST and token routes).
-        None,
+        &config.edge,
+        edge_metrics,
         shutdown.clone(),
     )
     .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
-    served.map_err(Into::into)
+    Ok(())
 }
