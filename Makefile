@@ -1,8 +1,13 @@
 # parking-mesh: `make run` starts everything locally, `make test` runs the whole suite.
-.PHONY: run test build fmt lint bench
+.PHONY: run run-prod test build fmt lint bench
 
 run:
 	bash scripts/run.sh
+
+# The prod overlay's topology on this machine: PostgreSQL, a 3-node NATS JetStream cluster,
+# two replicas of every service and of the gateway (docs/production.md).
+run-prod:
+	bash scripts/run-prod.sh
 
 test:
 	bash scripts/test.sh

