@@ -352,6 +352,17 @@ impl Verifier {
         Ok(())
     }
 
+    /// Fetches the keys in the background now, so the first call does not wait for them
+    /// (the gateway may not be up yet: then the first call fetches them).
+    pub fn prefetch(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.refresh().await {
+                tracing::info!(%error, "token keys not fetched yet; the first call will");
+            }
+        });
+    }
+
     /// The caller an `authorization` header proves, or why not: UNAUTHENTICATED for a
     /// bad or missing token, UNAVAILABLE when the keys cannot be read at all.
     pub async fn verify(
@@ -372,13 +383,15 @@ impl Verifier {
                 // A key published since the last fetch (a rotation), or a forged key id.
                 if let Err(error) = self.refresh().await {
                     tracing::warn!(%error, "token keys not fetched");
-                    if self.keys().is_empty() {
-                        return Err(Status::unavailable(
-                            "the token keys cannot be read yet; retry shortly",
-                        ));
-                    }
                 }
-                Ok(self.keys().check(token)?)
+                let keys = self.keys();
+                if keys.is_empty() {
+                    // Not the caller's fault: no key has been read yet (gateway starting).
+                    return Err(Status::unavailable(
+                        "the token keys cannot be read yet; retry shortly",
+                    ));
+                }
+                Ok(keys.check(token)?)
             }
             checked => Ok(checked?),
         }
@@ -593,5 +606,29 @@ mod tests {
         let set = KeySet::empty("i", "a");
         assert!(set.is_empty());
         assert_eq!(set.check("not-a-jwt"), Err(Refused::Malformed));
+    }
+
+    #[tokio::test]
+    async fn unreadable_keys_are_unavailable_not_a_bad_token() {
+        let verifier = Verifier::new(&crate::config::AuthArgs {
+            // Nothing listens on port 1.
+            jwks_url: "http://127.0.0.1:1/.well-known/jwks.json".into(),
+            token_issuer: "i".into(),
+            token_audience: "a".into(),
+        })
+        .expect("a URL");
+        // A syntactically fine EdDSA token with a key id nobody published.
+        let token = "eyJhbGciOiJFZERTQSIsImtpZCI6IngifQ.e30.c2ln";
+        let header = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("ascii");
+        let status = verifier.verify(Some(&header)).await.expect_err("no keys");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let status = verifier.verify(None).await.expect_err("no token");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(Verifier::new(&crate::config::AuthArgs {
+            jwks_url: "https://elsewhere/jwks".into(),
+            token_issuer: "i".into(),
+            token_audience: "a".into(),
+        })
+        .is_err());
     }
 }

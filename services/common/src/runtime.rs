@@ -86,6 +86,7 @@ impl Host {
             "starting"
         );
         let verifier = crate::auth::Verifier::new(at.auth).map_err(StartError::Auth)?;
+        verifier.prefetch();
         let db = db::connect_and_migrate::<M>(at.database_url).await?;
         let listener = grpc::bind(at.listen).await?;
         let metrics_listener = match at.metrics_listen {
