@@ -78,16 +78,32 @@ else
   fi
 fi
 
+# MTLS=1: mutual TLS between the processes, with a local CA made once in var/tls
+# (`parkingctl certs`); the gateway's own port stays plain for its callers.
+scheme=http
+tls() { :; }
+if [ "${MTLS:-0}" = 1 ]; then
+  [ -f var/tls/ca.pem ] || ./target/debug/parkingctl certs --dir var/tls >/dev/null
+  scheme=https
+  tls() { echo "TLS_CERT_FILE=var/tls/$1.pem TLS_KEY_FILE=var/tls/$1-key.pem TLS_CA_FILE=var/tls/ca.pem"; }
+fi
+
 # Each service's own DATABASE_URL default is a SQLite file under ./var; each checks every
 # call's token against the gateway's keys (JWKS_URL's default, 127.0.0.1:8080).
 unset DATABASE_URL LISTEN_ADDR
-start delivery 50053
+# shellcheck disable=SC2046 # tls prints words meant to be split
+start delivery 50053 $(tls delivery)
 # ParkingLot calls delivery through the in-process mesh, with the policy Istio would apply.
-start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml CLIENT_ID=parking-lot CLIENT_SECRET_FILE=var/parking-lot.secret
-start reservation 50051
-start status 50054
-# The single entry point; it reaches the services at their default addresses.
-start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml "${gateway_key[@]}"
+# shellcheck disable=SC2046
+start parking-lot 50052 MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml CLIENT_ID=parking-lot CLIENT_SECRET_FILE=var/parking-lot.secret DELIVERY_URL=$scheme://127.0.0.1:50053 $(tls parking-lot)
+# shellcheck disable=SC2046
+start reservation 50051 $(tls reservation)
+# shellcheck disable=SC2046
+start status 50054 $(tls status)
+# The single entry point; it reaches the services at their default ports.
+# shellcheck disable=SC2046
+start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml "${gateway_key[@]}" \
+  RESERVATION_URL=$scheme://127.0.0.1:50051 PARKING_LOT_URL=$scheme://127.0.0.1:50052 DELIVERY_URL=$scheme://127.0.0.1:50053 STATUS_URL=$scheme://127.0.0.1:50054 $(tls gateway)
 for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done
@@ -106,6 +122,7 @@ parking-mesh is running (logs in var/log/, data in var/):
   metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
   traces       $traces
+  mTLS         $( [ "$scheme" = https ] && echo "on between services (CA and certificates in var/tls; grpcurl to a service: -cacert var/tls/ca.pem -cert var/tls/operator.pem -key var/tls/operator-key.pem)" || echo "off (MTLS=1 make run turns it on)")
 
 Demo logins (3117 and 6 are employees, then manager and admin): var/demo-passwords
 

@@ -184,6 +184,8 @@ pub struct Cluster {
     /// The gateway every service trusts: its JWK set checks tokens, its token endpoint
     /// gives parking-lot its own (started before the first service).
     auth_gateway: Option<u16>,
+    /// With mTLS between the processes: the folder of the local CA's files.
+    tls: Option<PathBuf>,
     /// Extra environment for every process of a service (e.g. MESH_CONFIG).
     extra_env: HashMap<Svc, Vec<(String, String)>>,
     pub js: jetstream::Context,
@@ -268,8 +270,55 @@ impl Cluster {
             metrics_ports: HashMap::new(),
             gateways: Vec::new(),
             auth_gateway: None,
+            tls: None,
             extra_env: HashMap::new(),
             js: jetstream::new(client),
+        }
+    }
+
+    /// Turns on mTLS between every process started from now on (a local CA in the
+    /// cluster's folder; `https://` between services; tests call with the `operator`
+    /// certificate).
+    pub fn enable_mtls(&mut self) {
+        let dir = self.folder.join("tls");
+        let mut names: Vec<&str> = Svc::ALL.iter().map(|s| s.binary()).collect();
+        names.extend(["gateway", "operator"]);
+        parking_common::tls::write_local_ca(&dir, &names).unwrap();
+        self.tls = Some(dir);
+    }
+
+    /// The folder of the local CA's files, when mTLS is on.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls.as_deref()
+    }
+
+    /// TLS as process `name` uses it (None without mTLS).
+    pub fn client_tls(&self, name: &str) -> Option<tonic::transport::ClientTlsConfig> {
+        let dir = self.tls.as_ref()?;
+        let tls = parking_common::tls::Tls::load(&parking_common::tls::local_files(dir, name));
+        tls.unwrap().map(|t| t.client())
+    }
+
+    /// How a service's URL starts.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS_* settings of process `name`.
+    fn tls_env(&self, cmd: &mut Command, name: &str) {
+        if let Some(dir) = &self.tls {
+            let files = parking_common::tls::local_files(dir, name);
+            for (key, path) in [
+                ("TLS_CERT_FILE", files.tls_cert_file),
+                ("TLS_KEY_FILE", files.tls_key_file),
+                ("TLS_CA_FILE", files.tls_ca_file),
+            ] {
+                cmd.env(key, path.unwrap());
+            }
         }
     }
 
@@ -322,7 +371,7 @@ impl Cluster {
             .env("MAX_PARKING", self.options.max_parking.to_string())
             .env(
                 "DELIVERY_URL",
-                format!("http://127.0.0.1:{}", self.port(Svc::Delivery)),
+                format!("{}://127.0.0.1:{}", self.scheme(), self.port(Svc::Delivery)),
             )
             .env(
                 "DELIVERY_TIMEOUT_MS",
@@ -330,12 +379,19 @@ impl Cluster {
             )
             .env("METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
             .envs(self.extra_env.get(&svc).cloned().unwrap_or_default());
+        self.tls_env(&mut cmd, svc.binary());
         cmd
     }
 
     /// Runs `cmd` with its output in this cluster's folder and waits until the process
     /// answers its health check on `port` while alive; fails at once if it dies.
     async fn launch(&mut self, name: &str, mut cmd: Command, port: u16) -> Child {
+        // The gateway's own port faces callers: plain; a service's is mTLS when on.
+        let tls = if name == "gateway" {
+            None
+        } else {
+            self.client_tls("operator")
+        };
         self.started += 1;
         let log = self.folder.join(format!("{name}-{}.log", self.started));
         let file = std::fs::File::create(&log).unwrap();
@@ -346,7 +402,9 @@ impl Cluster {
             .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let healthy = wait_healthy(port, Duration::from_millis(500)).await.is_ok();
+            let healthy = wait_healthy_on(port, tls.clone(), Duration::from_millis(500))
+                .await
+                .is_ok();
             let exited = child.try_wait().ok().flatten();
             // Healthy and still ours (not some other process that answers on the port).
             if healthy && exited.is_none() {
@@ -485,7 +543,7 @@ impl Cluster {
         let port = free_port();
         let accounts = self.accounts_file();
         let key = self.token_key_file();
-        let url = |svc: Svc| format!("http://127.0.0.1:{}", self.port(svc));
+        let url = |svc: Svc| format!("{}://127.0.0.1:{}", self.scheme(), self.port(svc));
         let mut cmd = binary("gateway");
         cmd.env("RUST_LOG", "info")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -497,6 +555,7 @@ impl Cluster {
             .env("ACCOUNTS_FILE", accounts)
             .env("TOKEN_KEY_FILE", key)
             .envs(env.iter().copied());
+        self.tls_env(&mut cmd, "gateway");
         let child = self.launch("gateway", cmd, port).await;
         self.gateways.push(child);
         port
@@ -557,7 +616,11 @@ impl Cluster {
     /// the services directly, with a credential like every caller.
     async fn channel(&self, svc: Svc) -> AuthChannel {
         let token = self.token("operator", Role::Admin);
-        with_token(self.port(svc), Some(&token)).await
+        let channel = match self.client_tls("operator") {
+            Some(tls) => tls_channel(self.port(svc), tls),
+            None => channel(self.port(svc)).await,
+        };
+        tonic::service::interceptor::InterceptedService::new(channel, Bearer::new(Some(&token)))
     }
 
     pub async fn reservation(
@@ -878,12 +941,36 @@ pub async fn channel(port: u16) -> Channel {
         .connect_lazy()
 }
 
+/// A channel to a local port over mutual TLS (`localhost` in the certificates).
+pub fn tls_channel(port: u16, tls: tonic::transport::ClientTlsConfig) -> Channel {
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()
+}
+
 /// Waits up to `within` until `grpc.health.v1.Health/Check` answers SERVING.
 pub async fn wait_healthy(port: u16, within: Duration) -> Result<(), String> {
+    wait_healthy_on(port, None, within).await
+}
+
+/// [`wait_healthy`], over mutual TLS with `tls`.
+pub async fn wait_healthy_on(
+    port: u16,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    within: Duration,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel(port).await);
+        let channel = match &tls {
+            Some(tls) => tls_channel(port, tls.clone()),
+            None => channel(port).await,
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         match health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),

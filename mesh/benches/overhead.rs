@@ -62,6 +62,7 @@ fn mesh_client(port: u16, dir: &std::path::Path, policy: &str) -> MeshClient {
         host: "bench".into(),
         files: vec![file],
         endpoints: vec![EndpointAddr::parse(&format!("http://127.0.0.1:{port}")).unwrap()],
+        tls: None,
     };
     MeshClient::load(&config, &MeshMetrics::default()).unwrap()
 }

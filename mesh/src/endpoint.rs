@@ -68,10 +68,36 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Connects lazily: the caller starts while the host is down.
-    pub fn new(addr: &EndpointAddr, connect_timeout: Option<Duration>) -> Result<Self, String> {
+    /// Connects lazily: the caller starts while the host is down. An `https://` endpoint
+    /// needs `tls`, and `tls` needs `https://` (no silent downgrade to plain text).
+    pub fn new(
+        addr: &EndpointAddr,
+        connect_timeout: Option<Duration>,
+        tls: Option<&tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, String> {
         let mut endpoint = TonicEndpoint::from_shared(addr.uri.clone())
             .map_err(|e| format!("endpoint {}: {e}", addr.uri))?;
+        let https = addr.uri.starts_with("https://");
+        match (tls, https) {
+            (Some(tls), true) => {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| format!("endpoint {}: {e}", addr.uri))?;
+            }
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(format!(
+                    "endpoint {}: TLS is configured, so use https://",
+                    addr.uri
+                ))
+            }
+            (None, true) => {
+                return Err(format!(
+                    "endpoint {}: https:// needs TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE",
+                    addr.uri
+                ))
+            }
+        }
         endpoint = endpoint.connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(10)));
         Ok(Self {
             channel: endpoint.connect_lazy(),

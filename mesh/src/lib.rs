@@ -63,6 +63,7 @@ pub type MeshService = BoxCloneSyncService<Request, Response, BoxError>;
 pub fn build(
     policy: &HostPolicy,
     endpoints: &[EndpointAddr],
+    tls: Option<&tonic::transport::ClientTlsConfig>,
     metrics: &MeshMetrics,
 ) -> Result<MeshService, ConfigError> {
     if endpoints.is_empty() {
@@ -93,7 +94,8 @@ pub fn build(
                     .iter()
                     .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
                     .map(|e| {
-                        Endpoint::new(e, traffic.connect_timeout).map_err(ConfigError::Unsupported)
+                        Endpoint::new(e, traffic.connect_timeout, tls)
+                            .map_err(ConfigError::Unsupported)
                     })
                     .collect::<Result<_, _>>()?;
                 if chosen.is_empty() {
@@ -146,6 +148,8 @@ pub struct MeshConfig {
     /// YAML files holding DestinationRule / VirtualService resources (may be empty).
     pub files: Vec<PathBuf>,
     pub endpoints: Vec<EndpointAddr>,
+    /// TLS for `https://` endpoints (the caller's certificate and the CA it trusts).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl MeshConfig {
@@ -161,7 +165,13 @@ impl MeshConfig {
                 .map(Into::into)
                 .collect(),
             endpoints: EndpointAddr::parse_list(endpoints)?,
+            tls: None,
         })
+    }
+
+    /// The same with TLS for its `https://` endpoints.
+    pub fn with_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        Self { tls, ..self }
     }
 
     /// Reads the files and compiles the policy.
@@ -182,7 +192,12 @@ impl MeshClient {
         let policy = config.policy()?;
         tracing::info!(host = %config.host, ?policy, "mesh policy loaded");
         Ok(Self {
-            current: Arc::new(RwLock::new(build(&policy, &config.endpoints, metrics)?)),
+            current: Arc::new(RwLock::new(build(
+                &policy,
+                &config.endpoints,
+                config.tls.as_ref(),
+                metrics,
+            )?)),
         })
     }
 
@@ -215,7 +230,7 @@ impl MeshClient {
                 seen = now;
                 match config.policy().and_then(|p| {
                     tracing::info!(host = %config.host, policy = ?p, "mesh policy reloaded");
-                    build(&p, &config.endpoints, &metrics)
+                    build(&p, &config.endpoints, config.tls.as_ref(), &metrics)
                 }) {
                     Ok(stack) => *current.write().unwrap_or_else(|p| p.into_inner()) = stack,
                     Err(error) => {

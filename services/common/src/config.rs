@@ -86,6 +86,20 @@ pub struct ClientArgs {
     pub client_secret_file: std::path::PathBuf,
 }
 
+/// Mutual TLS between services (see `tls`): all three or none.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// This service's certificate (PEM), presented to callers and to the services it calls.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) whose certificates peers must present.
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
 /// A listen address that may be switched off ("off").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalAddr(pub Option<std::net::SocketAddr>);

@@ -81,20 +81,23 @@ pub async fn base_routes() -> Result<(HealthReporter, Routes), ServeError> {
     Ok((health, routes))
 }
 
-/// Serves `routes` until `shutdown`, then drains in-flight calls while probes see
-/// NOT_SERVING for the server and each of `names`. HTTP/1.1 is accepted too (gRPC-Web and
-/// plain pages where a server routes them). Every call but the health checks and
-/// reflection needs a token `auth` accepts.
-pub async fn serve_routes(
+/// Serves one service with health and reflection until `shutdown`, then drains in-flight
+/// calls while probes see NOT_SERVING. Every call but the health checks and reflection
+/// needs a token `verifier` accepts, and with `tls`, every connection a client certificate
+/// of its CA. HTTP/1.1 is accepted too (gRPC-Web).
+pub async fn serve<S: GrpcService>(
     listener: TcpListener,
-    routes: Routes,
-    health: HealthReporter,
-    names: &[&'static str],
+    service: S,
     metrics: crate::observe::RpcMetrics,
-    auth: crate::auth::AuthLayer,
+    verifier: std::sync::Arc<crate::auth::Verifier>,
+    tls: Option<&crate::tls::Tls>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    for name in names {
+    let (health, routes) = base_routes().await?;
+    let routes = routes.add_service(service);
+    let auth = crate::auth::AuthLayer(verifier);
+    let names = [S::NAME];
+    for name in &names {
         health
             .set_service_status(*name, ServingStatus::Serving)
             .await;
@@ -128,7 +131,11 @@ pub async fn serve_routes(
             }
         }
     };
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server())?;
+    }
+    server
         .accept_http1(true)
         .layer(crate::observe::ObserveLayer { metrics })
         .layer(auth)
@@ -137,28 +144,6 @@ pub async fn serve_routes(
         .await?;
     tracing::info!(services = ?names, "gRPC server stopped");
     Ok(())
-}
-
-/// Serves one service with health and reflection until `shutdown`; every other call
-/// needs a token `verifier` accepts.
-pub async fn serve<S: GrpcService>(
-    listener: TcpListener,
-    service: S,
-    metrics: crate::observe::RpcMetrics,
-    verifier: std::sync::Arc<crate::auth::Verifier>,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let (health, routes) = base_routes().await?;
-    serve_routes(
-        listener,
-        routes.add_service(service),
-        health,
-        &[S::NAME],
-        metrics,
-        crate::auth::AuthLayer(verifier),
-        shutdown,
-    )
-    .await
 }
 
 /// An internal error for the caller, with the detail in the log only.

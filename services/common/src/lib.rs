@@ -21,6 +21,7 @@
 //! - [`runtime`]: the life of a service: database, JetStream, relay and policies beside the server.
 //! - [`shutdown`]: SIGTERM / Ctrl-C as a cancellation token.
 //! - [`telemetry`]: logs (JSON with trace ids) and OpenTelemetry traces (OTLP).
+//! - [`tls`]: optional mutual TLS between services, and a local CA for one machine.
 //! - `testing` (feature `testing`): databases, JetStream namespaces and batches for
 //!   in-process tests.
 #![forbid(unsafe_code)]
@@ -45,6 +46,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod unit;
 
 pub use parking_proto::v1 as pb;

@@ -26,6 +26,8 @@ pub enum StartError {
     Serve(#[from] crate::grpc::ServeError),
     #[error("{0}")]
     Auth(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where a service listens and keeps its data.
@@ -38,6 +40,8 @@ pub struct Endpoints<'a> {
     pub events: &'a EventArgs,
     /// How callers' tokens are checked.
     pub auth: &'a AuthArgs,
+    /// mTLS for the gRPC server (none: plain HTTP/2).
+    pub tls: Option<&'a crate::tls::Tls>,
     /// Where `/metrics` is served (None: not served).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -58,6 +62,8 @@ pub struct Host {
     metrics_listener: Option<TcpListener>,
     /// Checks the token of every call the server takes.
     verifier: Arc<crate::auth::Verifier>,
+    /// The server's mTLS, if any.
+    tls: Option<crate::tls::Tls>,
     /// Policies (consumers): stopped with the server.
     tasks: JoinSet<()>,
     /// The relay: stopped last, so what the last calls and handlers committed goes out.
@@ -112,6 +118,7 @@ impl Host {
             listener,
             metrics_listener,
             verifier,
+            tls: at.tls.cloned(),
             tasks: JoinSet::new(),
             relay: None,
             shutdown,
@@ -184,6 +191,7 @@ impl Host {
             service,
             self.rpc_metrics.clone(),
             self.verifier.clone(),
+            self.tls.as_ref(),
             self.shutdown.clone(),
         )
         .await;

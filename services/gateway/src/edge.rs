@@ -5,8 +5,8 @@
 //! header-read and HTTP/2 stream, reset and header limits, keep-alive pings, graceful
 //! drain) and the admission layer in front of every route (a global in-flight limit that
 //! sheds the excess at once, a per-call deadline). The backends keep tonic's server
-//! (`parking_common::grpc::serve_routes`): only the gateway faces callers it does not
-//! trust.
+//! (`parking_common::grpc::serve`): they are not the public door, and every call they
+//! take needs a token (and with mTLS, a certificate) before it costs them anything.
 
 use http::{HeaderValue, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

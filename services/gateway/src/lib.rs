@@ -136,6 +136,10 @@ pub struct Config {
     /// Limits of the edge: connections, header reads, streams, calls in flight, deadlines.
     #[command(flatten)]
     pub edge: edge::Edge,
+    /// Optional mTLS to the backends (their URLs then `https://`): the gateway's
+    /// certificate and the CA it trusts. Its own port faces callers and stays as it is.
+    #[command(flatten)]
+    pub tls: parking_common::config::TlsArgs,
 }
 
 fn parse_age(value: &str) -> Result<f64, String> {
@@ -164,22 +168,29 @@ pub enum Error {
     Origin(String),
     #[error("NATS_URL: {0}")]
     Nats(String),
+    #[error(transparent)]
+    Tls(#[from] parking_common::tls::TlsError),
 }
 
-/// A plain channel to a backend's first endpoint (streams and health checks).
+/// A channel without the mesh's policies to a backend's first endpoint (streams and
+/// health checks), with the mesh's TLS.
 fn channel(config: &mesh::MeshConfig, url: &str) -> Result<tonic::transport::Channel, Error> {
     let first = config
         .endpoints
         .first()
         .map(|e| e.uri.clone())
         .unwrap_or_default();
-    Ok(Endpoint::from_shared(first)
-        .map_err(|e| Error::Backend {
-            url: url.to_owned(),
-            message: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
+    let backend = |e: tonic::transport::Error| Error::Backend {
+        url: url.to_owned(),
+        message: e.to_string(),
+    };
+    let mut endpoint = Endpoint::from_shared(first)
+        .map_err(backend)?
+        .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(backend)?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 /// CORS for browsers on other origins: gRPC-Web's and the bearer token's headers in,
@@ -282,6 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .map(limit::Limiter::new),
         trusted_hops: config.trusted_proxy_hops,
     });
+    let tls = parking_common::tls::Tls::load(&config.tls)?;
     let (health, routes) = parking_common::grpc::base_routes().await?;
     let mut router = routes.into_axum_router();
     let mut checked = Vec::new();
@@ -297,13 +309,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         tonic_web::GrpcWebLayer::new().layer(guard::GuardLayer(guard.clone()).layer(forward))
     };
     for (path, backend, url) in backends {
-        let mesh_config =
-            mesh::MeshConfig::from_lists(backend, &config.mesh_config, url).map_err(|message| {
-                Error::Backend {
-                    url: url.clone(),
-                    message,
-                }
-            })?;
+        let mesh_config = mesh::MeshConfig::from_lists(backend, &config.mesh_config, url)
+            .map_err(|message| Error::Backend {
+                url: url.clone(),
+                message,
+            })?
+            .with_tls(tls.as_ref().map(|t| t.client()));
         let direct = channel(&mesh_config, url)?;
         let client = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
         client.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));

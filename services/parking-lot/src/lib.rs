@@ -46,8 +46,9 @@ pub struct Config {
     /// Spaces per day unless SetDailyCapacity says otherwise (the seed's maxparking).
     #[arg(long, env = "MAX_PARKING", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..))]
     pub max_parking: i32,
-    /// TicketDelivery's endpoints, comma-separated; each `http://host:port`, optionally
-    /// with labels for DestinationRule subsets: `version=v2@http://host:port`.
+    /// TicketDelivery's endpoints, comma-separated; each `http://host:port` (`https://`
+    /// with TLS_*), optionally with labels for DestinationRule subsets:
+    /// `version=v2@http://host:port`.
     #[arg(long, env = "DELIVERY_URL", default_value = "http://127.0.0.1:50053")]
     pub delivery_url: String,
     /// Outer deadline of one CancelDelivery call, retries included, in milliseconds (the
@@ -68,6 +69,9 @@ pub struct Config {
     pub events: EventArgs,
     #[command(flatten)]
     pub auth: parking_common::config::AuthArgs,
+    /// Optional mTLS: the server requires client certificates of the CA.
+    #[command(flatten)]
+    pub tls: parking_common::config::TlsArgs,
     #[command(flatten)]
     pub calendar: CalendarArgs,
     /// parking-lot's own identity for CancelDelivery.
@@ -97,12 +101,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         mesh_config = %config.mesh_config,
         "parking-lot settings"
     );
+    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let mesh_config =
         mesh::MeshConfig::from_lists(&config.mesh_host, &config.mesh_config, &config.delivery_url)
             .map_err(|message| Error::DeliveryUrl {
                 url: config.delivery_url.clone(),
                 message,
-            })?;
+            })?
+            .with_tls(tls.as_ref().map(|t| t.client()));
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
     let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
     mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
@@ -118,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
+        tls: tls.as_ref(),
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

@@ -108,6 +108,16 @@ enum Command {
         #[arg(long)]
         set: Option<i32>,
     },
+    /// Make a local CA and a certificate per service for mTLS on one machine
+    /// (`<dir>/ca.pem`, `<dir>/<name>.pem`, `<dir>/<name>-key.pem`).
+    Certs {
+        /// Where the files go.
+        #[arg(long, default_value = "var/tls")]
+        dir: PathBuf,
+        /// Who gets a certificate.
+        #[arg(default_values = ["gateway", "reservation", "parking-lot", "delivery", "status", "operator"])]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -419,8 +429,8 @@ async fn run(cli: Cli, channel: Channel) -> Outcome {
                 );
             }
         }
-        // Handled in main: it needs no server.
-        Command::Users { .. } => {}
+        // Handled in main: they need no server.
+        Command::Users { .. } | Command::Certs { .. } => {}
         Command::Reserve {
             member,
             date,
@@ -643,6 +653,18 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         // The accounts file is local: no server involved.
         Command::Users { command } => users(command, json),
+        Command::Certs { dir, names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            parking_common::tls::write_local_ca(&dir, &names)
+                .map(|()| {
+                    println!(
+                        "CA and certificates for {} in {}",
+                        names.join(", "),
+                        dir.display()
+                    )
+                })
+                .map_err(|e| Refused::Local(e.to_string()))
+        }
         _ => match Channel::from_shared(cli.server.clone()) {
             Ok(endpoint) => run(cli, endpoint.connect_lazy()).await,
             Err(e) => Err(Refused::Usage(format!(

@@ -47,6 +47,9 @@ pub struct Config {
     pub events: EventArgs,
     #[command(flatten)]
     pub auth: parking_common::config::AuthArgs,
+    /// Optional mTLS: the server requires client certificates of the CA.
+    #[command(flatten)]
+    pub tls: parking_common::config::TlsArgs,
     #[command(flatten)]
     pub calendar: CalendarArgs,
 }
@@ -58,12 +61,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         booking_window_days = config.calendar.booking_window_days,
         "calendar"
     );
+    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let endpoints = Endpoints {
         name: "reservation",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
+        tls: tls.as_ref(),
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

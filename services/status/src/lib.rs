@@ -46,16 +46,21 @@ pub struct Config {
     pub events: EventArgs,
     #[command(flatten)]
     pub auth: parking_common::config::AuthArgs,
+    /// Optional mTLS: the server requires client certificates of the CA.
+    #[command(flatten)]
+    pub tls: parking_common::config::TlsArgs,
 }
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let endpoints = Endpoints {
         name: "status",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
+        tls: tls.as_ref(),
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown.clone()).await?;
