@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod otlp;
+pub mod prod;
 
 use async_nats::jetstream;
 use chrono::NaiveDate;
