@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod otlp;
 pub mod prod;
+pub mod upstream;
 
 use async_nats::jetstream;
 use chrono::NaiveDate;

@@ -121,8 +121,16 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
     ))
 }
 
-/// A body that yields `data` then `trailers`.
+/// A body that yields `data` then `trailers`. Nothing at all is an empty body that says
+/// so before it is polled: a trailers-only answer (the status in the headers, as grpc
+/// C-core, grpc-go and Envoy send an early error) then leaves as one HEADERS frame with
+/// END_STREAM again. A body that only turns out empty would be sent as headers plus an
+/// empty DATA frame ending the stream: a response with no trailers, which strict clients
+/// read as UNKNOWN ("Stream removed").
 pub fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> Body {
+    if data.is_empty() && trailers.is_none() {
+        return Body::empty();
+    }
     let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = Vec::with_capacity(2);
     if !data.is_empty() {
         frames.push(Ok(Frame::data(data)));
@@ -156,6 +164,14 @@ pub fn status_response(code: Code, message: &str) -> http::Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_replays_as_a_body_known_to_be_empty() {
+        use http_body::Body as _;
+        assert!(replay_body(Bytes::new(), None).is_end_stream());
+        assert!(!replay_body(Bytes::from_static(b"x"), None).is_end_stream());
+        assert!(!replay_body(Bytes::new(), Some(HeaderMap::new())).is_end_stream());
+    }
 
     #[test]
     fn envoy_mapping_of_codes() {

@@ -79,12 +79,16 @@ pub fn overflow(e: Overflow) -> BoxError {
     to_status(Code::Unavailable, e)
 }
 
+/// UNAVAILABLE, as Envoy answers: its local reply is a 504 "upstream request timeout",
+/// and gRPC maps HTTP 504 to UNAVAILABLE (the caller's own deadline, when it has one, is
+/// what reports DEADLINE_EXCEEDED).
 pub fn timeout(e: Timeout) -> BoxError {
-    to_status(Code::DeadlineExceeded, e)
+    to_status(Code::Unavailable, e)
 }
 
+/// UNAVAILABLE when the last try timed out, as [`timeout`].
 pub fn per_try_timeout(e: PerTryTimeout) -> BoxError {
-    to_status(Code::DeadlineExceeded, e)
+    to_status(Code::Unavailable, e)
 }
 
 pub fn no_route(e: NoRoute) -> BoxError {

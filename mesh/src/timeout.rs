@@ -89,6 +89,9 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2)).await;
         let err = assert_ready!(call.poll()).expect_err("timed out");
         assert!(crate::error::find::<TimeoutError>(&*err).is_some());
+        // Envoy's 504 "upstream request timeout", as a gRPC caller reads it.
+        let status = err.downcast_ref::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 
     #[tokio::test(start_paused = true)]

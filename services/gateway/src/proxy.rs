@@ -44,7 +44,7 @@ pub struct Forward {
 }
 
 /// The gRPC answer for a failed forward: the mesh's own status (UNAVAILABLE with a
-/// `retry-after` when the circuit is open, DEADLINE_EXCEEDED on its timeout), or
+/// `retry-after` when the circuit is open, UNAVAILABLE on its timeout, as Envoy), or
 /// UNAVAILABLE naming the backend.
 pub fn failure(backend: &str, error: &mesh::error::BoxError) -> http::Response<AxumBody> {
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
