@@ -46,7 +46,7 @@ pids=() names=()
 stop() {
   trap - INT TERM EXIT
   say ""
-  say "stopping (SIGTERM: services drain, NATS servers go lame duck)…"
+  say "stopping (SIGTERM: services drain and flush their outboxes, then the NATS servers stop)…"
   # Services first (they flush their outboxes into NATS), then the NATS servers.
   local pid
   for pid in "${pids[@]:3}"; do kill -TERM "$pid" 2>/dev/null || true; done
