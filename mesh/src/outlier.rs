@@ -26,6 +26,33 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+/// The endpoints one call's tries went to (a request extension the retry layer adds and
+/// every try shares): a retry picks an endpoint not tried yet while one is up, as Envoy's
+/// `previous_hosts` retry predicate, which Istio sets on every route. Without it a retry
+/// after a refused connection may land on the same stopped replica again.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<Mutex<Vec<TriedEndpoint>>>);
+
+/// A balancer's host (subset) name and an endpoint's index in it.
+type TriedEndpoint = (Arc<str>, usize);
+
+impl Tried {
+    fn contains(&self, host: &Arc<str>, index: usize) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(h, i)| *i == index && h == host)
+    }
+
+    fn add(&self, host: &Arc<str>, index: usize) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((host.clone(), index));
+    }
+}
+
 /// Envoy's cap on one ejection (max_ejection_time default).
 pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 
@@ -192,12 +219,24 @@ impl<S> Balancer<S> {
         }
     }
 
-    fn choose(&self, state: &mut State) -> Option<usize> {
-        let up: Vec<usize> = (0..state.health.len())
+    fn choose(&self, state: &mut State, tried: Option<&Tried>) -> Option<usize> {
+        let mut up: Vec<usize> = (0..state.health.len())
             .filter(|i| state.health[*i].ejected_until.is_none())
             .collect();
         if up.is_empty() {
             return None;
+        }
+        if let Some(tried) = tried {
+            let fresh: Vec<usize> = up
+                .iter()
+                .copied()
+                .filter(|i| !tried.contains(&self.host, *i))
+                .collect();
+            // Every endpoint up was tried already: any of them, as Envoy after its
+            // host_selection_retry_max_attempts.
+            if !fresh.is_empty() {
+                up = fresh;
+            }
         }
         let index = match self.pick {
             Pick::RoundRobin => {
@@ -318,13 +357,17 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let now = Instant::now();
+        let tried = request.extensions().get::<Tried>().cloned();
         let chosen = {
             let mut state = lock(&self.state);
             self.refresh(&mut state, now);
             state.report(&self.host, &self.metrics);
-            match self.choose(&mut state) {
+            match self.choose(&mut state, tried.as_ref()) {
                 Some(i) => {
                     state.health[i].in_flight += 1;
+                    if let Some(tried) = &tried {
+                        tried.add(&self.host, i);
+                    }
                     Ok(i)
                 }
                 None => Err(state
@@ -425,6 +468,47 @@ mod tests {
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_percent: max_pct,
+        }
+    }
+
+    /// Sends `request` and answers it `UNAVAILABLE` from whichever endpoint got it.
+    async fn answer_one(
+        b: &mut Mocked,
+        handles: &mut [mock::Handle<Request, Response>],
+        request: Request,
+    ) -> usize {
+        let task = tokio::spawn(b.call(request));
+        tokio::task::yield_now().await;
+        let mut answered = None;
+        for (i, h) in handles.iter_mut().enumerate() {
+            if let Some(Some((_, send))) = futures::FutureExt::now_or_never(h.next_request()) {
+                send.send_response(status_response(Code::Unavailable, "down"));
+                answered = Some(i);
+            }
+        }
+        task.await.expect("joins").expect("answered");
+        answered.expect("an endpoint got it")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_goes_to_an_endpoint_its_call_has_not_tried() {
+        let (mut b, mut handles) = balancer(2, config(100, 100));
+        for _ in 0..4 {
+            // A call's first try, another call in between (round robin moves on), then
+            // the first call's retry: it must not land where its first try did.
+            let tried = Tried::default();
+            let mut first = request();
+            first.extensions_mut().insert(tried.clone());
+            let first = answer_one(&mut b, &mut handles, first).await;
+            answer_one(&mut b, &mut handles, request()).await;
+            let mut retry = request();
+            retry.extensions_mut().insert(tried.clone());
+            let retry = answer_one(&mut b, &mut handles, retry).await;
+            assert_ne!(first, retry, "the retry went back to the endpoint it tried");
+            // Both tried: a third try still goes somewhere.
+            let mut third = request();
+            third.extensions_mut().insert(tried);
+            answer_one(&mut b, &mut handles, third).await;
         }
     }
 

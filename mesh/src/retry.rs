@@ -203,7 +203,10 @@ where
         let inner = self.inner.clone();
         let layer = self.layer.0.clone();
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            // Shared by every try (extensions are cloned into each): the balancer steers
+            // retries away from the endpoints already tried.
+            parts.extensions.insert(crate::outlier::Tried::default());
             let replay = Replay::new(body);
             let mut retry = 0u32;
             loop {
