@@ -65,6 +65,7 @@ pub fn build(
     endpoints: &[EndpointAddr],
     tls: Option<&tonic::transport::ClientTlsConfig>,
     metrics: &MeshMetrics,
+    memory: &outlier::Memory,
 ) -> Result<MeshService, ConfigError> {
     if endpoints.is_empty() {
         return Err(ConfigError::Unsupported(format!(
@@ -90,9 +91,13 @@ pub fn build(
                     .and_then(|s| policy.subset_labels.get(s))
                     .cloned()
                     .unwrap_or_default();
-                let chosen: Vec<Endpoint> = endpoints
+                let selected: Vec<&EndpointAddr> = endpoints
                     .iter()
                     .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .collect();
+                let addresses: Vec<String> = selected.iter().map(|e| e.uri.clone()).collect();
+                let chosen: Vec<Endpoint> = selected
+                    .into_iter()
                     .map(|e| {
                         Endpoint::new(e, traffic.connect_timeout, tls)
                             .map_err(ConfigError::Unsupported)
@@ -109,12 +114,14 @@ pub fn build(
                     None => policy.host.clone(),
                 };
                 metrics.touch(&name);
-                let balancer = outlier::Balancer::new(
+                let balancer = outlier::Balancer::remembered(
                     &name,
                     chosen,
+                    &addresses,
                     traffic.outlier,
                     traffic.pick,
                     metrics.clone(),
+                    memory,
                 );
                 let pooled =
                     pool::PoolLayer::layer(&name, traffic.pool, metrics.clone()).layer(balancer);
@@ -184,6 +191,8 @@ impl MeshConfig {
 #[derive(Clone)]
 pub struct MeshClient {
     current: Arc<RwLock<MeshService>>,
+    /// Outlier state kept across reloads that leave a balancer's endpoints as they were.
+    memory: Arc<outlier::Memory>,
 }
 
 impl MeshClient {
@@ -191,21 +200,25 @@ impl MeshClient {
     pub fn load(config: &MeshConfig, metrics: &MeshMetrics) -> Result<Self, ConfigError> {
         let policy = config.policy()?;
         tracing::info!(host = %config.host, ?policy, "mesh policy loaded");
+        let memory = Arc::new(outlier::Memory::default());
         Ok(Self {
             current: Arc::new(RwLock::new(build(
                 &policy,
                 &config.endpoints,
                 config.tls.as_ref(),
                 metrics,
+                &memory,
             )?)),
+            memory,
         })
     }
 
     /// Rebuilds the stack whenever a file changes (checked every `every`); an invalid
     /// change is logged and the last good policy stays. Stops when every clone is dropped.
-    /// A rebuilt stack starts with fresh outlier state.
+    /// A rebuilt stack keeps the outlier state of every balancer whose endpoints stayed.
     pub fn reload_on_change(&self, config: MeshConfig, metrics: MeshMetrics, every: Duration) {
         let weak = Arc::downgrade(&self.current);
+        let memory = self.memory.clone();
         tokio::spawn(async move {
             let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
                 files
@@ -230,7 +243,13 @@ impl MeshClient {
                 seen = now;
                 match config.policy().and_then(|p| {
                     tracing::info!(host = %config.host, policy = ?p, "mesh policy reloaded");
-                    build(&p, &config.endpoints, config.tls.as_ref(), &metrics)
+                    build(
+                        &p,
+                        &config.endpoints,
+                        config.tls.as_ref(),
+                        &metrics,
+                        &memory,
+                    )
                 }) {
                     Ok(stack) => *current.write().unwrap_or_else(|p| p.into_inner()) = stack,
                     Err(error) => {

@@ -127,6 +127,54 @@ impl State {
     }
 }
 
+impl State {
+    fn fresh(endpoints: usize) -> State {
+        let now = Instant::now();
+        State {
+            health: (0..endpoints)
+                .map(|_| Health {
+                    consecutive_5xx: 0,
+                    consecutive_gateway: 0,
+                    ejected_until: None,
+                    multiplier: 0,
+                    healthy_since: now,
+                    in_flight: 0,
+                })
+                .collect(),
+            cursor: 0,
+            reported: 0,
+        }
+    }
+}
+
+/// The outlier state of every balancer a client built, by balancer name and endpoint list:
+/// a configuration reload that keeps a balancer's endpoints keeps what it knows about
+/// them (who is ejected, for how long, how often), as Envoy keeps a host's outlier state
+/// while the host stays in its cluster.
+#[derive(Debug, Default)]
+pub struct Memory {
+    by_name: Mutex<std::collections::HashMap<String, Remembered>>,
+}
+
+/// A balancer's endpoint addresses and the state kept for them.
+type Remembered = (Vec<String>, Arc<Mutex<State>>);
+
+impl Memory {
+    /// The state of balancer `name` over `endpoints`: the remembered one if the endpoints
+    /// are the same, else a fresh one (remembered from now on).
+    fn state(&self, name: &str, endpoints: &[String]) -> Arc<Mutex<State>> {
+        let mut by_name = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, state)) = by_name.get(name) {
+            if known == endpoints {
+                return state.clone();
+            }
+        }
+        let state = Arc::new(Mutex::new(State::fresh(endpoints.len())));
+        by_name.insert(name.to_owned(), (endpoints.to_vec(), state.clone()));
+        state
+    }
+}
+
 /// Balances calls over endpoints, ejecting outliers when `config` is set.
 pub struct Balancer<S> {
     host: Arc<str>,
@@ -158,28 +206,39 @@ impl<S> Balancer<S> {
         pick: Pick,
         metrics: MeshMetrics,
     ) -> Self {
-        let now = Instant::now();
-        let health = endpoints
-            .iter()
-            .map(|_| Health {
-                consecutive_5xx: 0,
-                consecutive_gateway: 0,
-                ejected_until: None,
-                multiplier: 0,
-                healthy_since: now,
-                in_flight: 0,
-            })
-            .collect();
+        let state = Arc::new(Mutex::new(State::fresh(endpoints.len())));
+        Self::with_state(host, endpoints, config, pick, metrics, state)
+    }
+
+    /// A balancer whose outlier state `memory` keeps across rebuilds while `addresses`
+    /// (one per endpoint, in order) stay the same.
+    pub fn remembered(
+        host: &str,
+        endpoints: Vec<S>,
+        addresses: &[String],
+        config: Option<Config>,
+        pick: Pick,
+        metrics: MeshMetrics,
+        memory: &Memory,
+    ) -> Self {
+        let state = memory.state(host, addresses);
+        Self::with_state(host, endpoints, config, pick, metrics, state)
+    }
+
+    fn with_state(
+        host: &str,
+        endpoints: Vec<S>,
+        config: Option<Config>,
+        pick: Pick,
+        metrics: MeshMetrics,
+        state: Arc<Mutex<State>>,
+    ) -> Self {
         Self {
             host: host.into(),
             endpoints: Arc::new(endpoints),
             config,
             pick,
-            state: Arc::new(Mutex::new(State {
-                health,
-                cursor: 0,
-                reported: 0,
-            })),
+            state,
             metrics,
         }
     }
@@ -510,6 +569,38 @@ mod tests {
             third.extensions_mut().insert(tried);
             answer_one(&mut b, &mut handles, third).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rebuild_over_the_same_endpoints_keeps_the_ejections() {
+        let memory = Memory::default();
+        let addresses = ["http://a:1".to_owned(), "http://b:1".to_owned()];
+        let build = |memory: &Memory, addresses: &[String]| {
+            let (services, handles): (Vec<_>, Vec<_>) = (0..addresses.len())
+                .map(|_| mock::pair::<Request, Response>())
+                .unzip();
+            let b = Balancer::remembered(
+                "h",
+                services,
+                addresses,
+                Some(config(1, 100)),
+                Pick::RoundRobin,
+                MeshMetrics::default(),
+                memory,
+            );
+            (b, handles)
+        };
+        let (mut b, mut handles) = build(&memory, &addresses);
+        let failed = call(&mut b, &mut handles, Some(Code::Unavailable))
+            .await
+            .expect("answered");
+        assert_eq!(b.ejected(), [failed]);
+        // The policy file changed, the endpoints did not: the ejection stays.
+        let (rebuilt, _handles) = build(&memory, &addresses);
+        assert_eq!(rebuilt.ejected(), [failed]);
+        // Another endpoint list: a fresh start.
+        let (other, _handles) = build(&memory, &addresses[..1]);
+        assert!(other.ejected().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
