@@ -61,6 +61,8 @@ struct NatsNode {
 struct Process {
     port: u16,
     child: Option<Child>,
+    /// Its /metrics port (gateways).
+    metrics: u16,
 }
 
 /// The prod topology of one test.
@@ -200,6 +202,7 @@ impl ProdCluster {
                     .map(|_| Process {
                         port: free_port(),
                         child: None,
+                        metrics: 0,
                     })
                     .collect();
                 (svc, procs)
@@ -209,6 +212,7 @@ impl ProdCluster {
             .map(|_| Process {
                 port: free_port(),
                 child: None,
+                metrics: free_port(),
             })
             .collect();
         let mut cluster = Self {
@@ -266,6 +270,13 @@ impl ProdCluster {
     /// The ports of a service's replicas.
     pub fn ports(&self, svc: Svc) -> Vec<u16> {
         self.procs(svc).iter().map(|p| p.port).collect()
+    }
+
+    /// The text of gateway `g`'s `/metrics` page (the mesh's retries, ejections, ...).
+    pub async fn gateway_metrics(&self, g: usize) -> String {
+        http_get(self.gateways[g].metrics, "/metrics")
+            .await
+            .unwrap_or_default()
     }
 
     /// A token of the gateways' key for anyone, valid for an hour.
@@ -410,7 +421,10 @@ impl ProdCluster {
         let port = self.gateways[g].port;
         let mut cmd = Self::command("gateway");
         cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("METRICS_LISTEN", "off")
+            .env(
+                "METRICS_LISTEN",
+                format!("127.0.0.1:{}", self.gateways[g].metrics),
+            )
             .env("RESERVATION_URL", self.urls(Svc::Reservation))
             .env("PARKING_LOT_URL", self.urls(Svc::ParkingLot))
             .env("DELIVERY_URL", self.urls(Svc::Delivery))
@@ -430,6 +444,12 @@ impl ProdCluster {
     pub async fn stop_gateway(&mut self, g: usize) -> Duration {
         let child = self.gateways[g].child.take();
         kill(child, "-TERM", &format!("gateway-{g}")).await
+    }
+
+    /// Kills gateway `g` (SIGKILL: its connections drop with calls in flight).
+    pub async fn kill_gateway(&mut self, g: usize) {
+        let child = self.gateways[g].child.take();
+        kill(child, "-KILL", &format!("gateway-{g}")).await;
     }
 
     /// Starts replica `i` of a service (again) on its port and waits until it is healthy.

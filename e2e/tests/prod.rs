@@ -240,7 +240,7 @@ async fn watch_round(
         }
     }
     for id in to_cancel {
-        let mut client = gws[id as usize % n].reservations.clone();
+        let mut client = gws[(id as usize + round) % n].reservations.clone();
         let answer = client
             .cancel_reservation(pb::CancelReservationRequest { id })
             .await;
@@ -342,7 +342,7 @@ fn stall_report(what: &str, at: f64, window: f64, flow: &Flow) -> String {
 async fn failover_loses_nothing_applies_nothing_twice_and_holds_the_quota() {
     const CAPACITY: i32 = 20;
     const RATE: f64 = 10.0;
-    const APPLICATIONS: usize = 270;
+    const APPLICATIONS: usize = 340;
     let mut c = ProdCluster::start(ProdOptions {
         max_parking: CAPACITY,
         ..Default::default()
@@ -401,7 +401,9 @@ async fn failover_loses_nothing_applies_nothing_twice_and_holds_the_quota() {
         })
     };
 
-    // The kills, in the middle of the flow.
+    // The kills, in the middle of the flow, 14 s apart and then 7 s: the pipeline's
+    // stall after losing a stream leader lasts up to 10 s, and the replicas' kill must not
+    // fall inside it (its figures would be the NATS kill's).
     let at = |s: f64| tokio::time::sleep_until((t0 + Duration::from_secs_f64(s)).into());
     at(6.0).await;
     // The server leading the reservation stream: its followers must elect a new leader
@@ -409,16 +411,20 @@ async fn failover_loses_nothing_applies_nothing_twice_and_holds_the_quota() {
     let victim = c.stream_leader("reservation").await;
     let nats_killed = secs(t0, Instant::now());
     c.kill_nats(victim).await;
-    at(13.0).await;
+    at(20.0).await;
     let services_killed = secs(t0, Instant::now());
     for svc in Svc::ALL {
         c.kill_replica(svc, 1).await;
     }
-    at(20.0).await;
+    // And the second gateway: the client's calls in flight there fail and are sent again
+    // to the first (an ingress's retry); the first one's keys stay up for the backends.
+    c.kill_gateway(1).await;
+    at(27.0).await;
     let restarted = secs(t0, Instant::now());
     for svc in Svc::ALL {
         c.start_replica(svc, 1).await;
     }
+    c.start_gateway(1).await;
     let replicas_back = secs(t0, Instant::now());
     c.start_nats(victim).await;
     c.wait_nats_ready(victim).await;
@@ -471,16 +477,16 @@ async fn failover_loses_nothing_applies_nothing_twice_and_holds_the_quota() {
         stall_report(
             &format!("kill -9 nats-{victim} (leads the reservation stream)"),
             nats_killed,
-            7.0,
+            services_killed - nats_killed,
             &flow
         )
     );
     println!(
         "  {}",
         stall_report(
-            "kill -9 the second replica of every service",
+            "kill -9 the second replica of everything",
             services_killed,
-            7.0,
+            restarted - services_killed,
             &flow
         )
     );
@@ -790,6 +796,7 @@ async fn rolling_restart_under_load_answers_every_call() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let began = secs(t0, Instant::now());
     let mut steps = Vec::new();
+    let mut mesh_report = Vec::new();
     for svc in Svc::ALL {
         for i in 0..c.options.replicas {
             let at = secs(t0, Instant::now());
@@ -806,6 +813,20 @@ async fn rolling_restart_under_load_answers_every_call() {
             ));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+    // What the gateways' mesh did: retries and fail-fast answers per backend host.
+    for g in 0..c.gateway_ports().len() {
+        let text = c.gateway_metrics(g).await;
+        let mesh: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("mesh_retries_total") || l.starts_with("mesh_fail_fast_total")
+            })
+            .collect();
+        mesh_report.push(format!(
+            "  gateway-{g} (backends' restarts): {}",
+            mesh.join(", ")
+        ));
     }
     for g in 0..c.gateway_ports().len() {
         rotation[g].store(false, Ordering::Relaxed);
@@ -867,6 +888,9 @@ async fn rolling_restart_under_load_answers_every_call() {
         percentile(&during, 0.99) * 1e3,
         percentile(&during, 1.0) * 1e3,
     );
+    for line in &mesh_report {
+        println!("{line}");
+    }
     for (name, at, stopped, back) in &steps {
         let failed_here = failed
             .iter()
