@@ -421,49 +421,95 @@ async fn a_users_burst_is_limited_per_token_subject_and_others_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unary_calls_go_through_the_mesh_policy_and_streams_straight_through() {
+async fn every_call_goes_through_the_mesh_policy_and_streams_are_not_cut_by_its_timeout() {
     let mut c = Cluster::start(Backend::Sqlite).await;
-    // An Istio fault on the status host: every unary call aborted with UNAVAILABLE.
-    let policy = c.folder().join("status-fault.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: status}\n\
-         spec:\n  hosts: [status]\n  http:\n  - fault:\n      abort:\n        percentage: {value: 100}\n\
-         \x20       grpcStatus: UNAVAILABLE\n    route:\n    - destination: {host: status}\n",
-    )
-    .unwrap();
-    let port = c
-        .start_gateway_with(&[("MESH_CONFIG", policy.to_str().unwrap())])
-        .await;
+    let folder = c.folder().to_owned();
+    let route = |name: &str, rule: &str| {
+        let path = folder.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: status}}\n\
+                 spec:\n  hosts: [status]\n  http:\n  - {rule}\n    route:\n    - destination: {{host: status}}\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // An Istio fault on the status host: every call aborted with UNAVAILABLE, the watch
+    // stream included (Envoy's fault filter sees streams too).
+    let aborted = route(
+        "status-fault.yaml",
+        "fault:\n      abort:\n        percentage: {value: 100}\n        grpcStatus: UNAVAILABLE",
+    );
+    let port = c.start_gateway_with(&[("MESH_CONFIG", &aborted)]).await;
     let employee = gateway_as(port, "3117").await;
-    let r = pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
-        employee.clone(),
-    )
-    .reserve_ticket(reserve(3117, &day(2)))
-    .await
-    .unwrap()
-    .into_inner();
-    let mut status =
-        pb::reservation_status_service_client::ReservationStatusServiceClient::new(employee);
-    let err = status
-        .get_reservation_status(pb::GetReservationStatusRequest {
-            reservation_id: r.id,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    let mut watch = status
-        .watch_reservation_status(pb::WatchReservationStatusRequest {
-            reservation_id: r.id,
-        })
+    let mut reservations =
+        pb::ticket_reservation_service_client::TicketReservationServiceClient::new(
+            employee.clone(),
+        );
+    let r = reservations
+        .reserve_ticket(reserve(3117, &day(2)))
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+    let mut status =
+        pb::reservation_status_service_client::ReservationStatusServiceClient::new(employee);
+    let get = pb::GetReservationStatusRequest {
+        reservation_id: r.id,
+        ..Default::default()
+    };
+    let watch = pb::WatchReservationStatusRequest {
+        reservation_id: r.id,
+    };
+    let err = status
+        .get_reservation_status(get)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = status
+        .watch_reservation_status(watch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // A route timeout of 300 ms bounds the time to a stream's first answer, not the
+    // stream: the watch still delivers an update a second later.
+    let timed = route("status-timeout.yaml", "timeout: 0.3s");
+    let port = c.start_gateway_with(&[("MESH_CONFIG", &timed)]).await;
+    let employee = gateway_as(port, "3117").await;
+    let mut status = pb::reservation_status_service_client::ReservationStatusServiceClient::new(
+        employee.clone(),
+    );
+    status.get_reservation_status(get).await.unwrap();
+    let mut stream = status
+        .watch_reservation_status(watch)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(first.reservation_id, r.id);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pb::ticket_reservation_service_client::TicketReservationServiceClient::new(employee)
+        .cancel_reservation(pb::CancelReservationRequest { id: r.id })
+        .await
+        .unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(update) = stream.next().await {
+            let update = update.unwrap();
+            if update.stage() == pb::ReservationStage::StageCancelRequested
+                || update.stage() == pb::ReservationStage::StageVacated
+            {
+                return Some(update);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert!(cancelled.is_some(), "the stream outlived the route timeout");
 }

@@ -121,6 +121,28 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
     ))
 }
 
+/// Marks a call whose answer streams (server streaming): the mesh passes its body through
+/// as it comes instead of buffering it, judges the call by its response headers (a
+/// trailers-only error, an HTTP status, or a stream that started), holds its
+/// connection-pool slot until the body ends, and its timeouts bound the time to the
+/// response headers only, as Envoy's do for a stream with `timeout` to first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streaming;
+
+/// Classifies a streaming answer by its headers, leaving the body as it is.
+pub fn head(response: http::Response<Body>) -> http::Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    let outcome = match grpc_status(&parts.headers) {
+        Some(Code::Ok) => Outcome::Ok,
+        Some(code) => Outcome::Grpc(code),
+        None if parts.status != http::StatusCode::OK => Outcome::Http(parts.status.as_u16()),
+        // Headers without a status: the stream has started; how it ends is the caller's.
+        None => Outcome::Ok,
+    };
+    parts.extensions.insert(Classified(outcome));
+    http::Response::from_parts(parts, body)
+}
+
 /// A body that yields `data` then `trailers`. Nothing at all is an empty body that says
 /// so before it is polled: a trailers-only answer (the status in the headers, as grpc
 /// C-core, grpc-go and Envoy send an early error) then leaves as one HEADERS frame with
@@ -164,6 +186,26 @@ pub fn status_response(code: Code, message: &str) -> http::Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_judged_by_its_headers() {
+        let judged = |status: u16, grpc: Option<&'static str>| {
+            let mut response = http::Response::new(Body::empty());
+            *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+            if let Some(code) = grpc {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static(code));
+            }
+            head(response).extensions().get::<Classified>().map(|c| c.0)
+        };
+        assert_eq!(judged(200, None), Some(Outcome::Ok));
+        assert_eq!(
+            judged(200, Some("14")),
+            Some(Outcome::Grpc(Code::Unavailable))
+        );
+        assert_eq!(judged(503, None), Some(Outcome::Http(503)));
+    }
 
     #[test]
     fn nothing_replays_as_a_body_known_to_be_empty() {

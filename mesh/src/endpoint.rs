@@ -117,6 +117,7 @@ impl Service<Request> for Endpoint {
     fn call(&mut self, request: Request) -> Self::Future {
         let channel = self.channel.clone();
         let faults = crate::fault::injected(&request);
+        let streaming = request.extensions().get::<classify::Streaming>().is_some();
         Box::pin(async move {
             if let Some(fault) = crate::fault::apply(faults).await {
                 return Ok(fault);
@@ -125,7 +126,11 @@ impl Service<Request> for Endpoint {
                 .oneshot(request)
                 .await
                 .map_err(|e| -> BoxError { Box::new(e) })?;
-            classify::buffer(response).await
+            if streaming {
+                Ok(classify::head(response))
+            } else {
+                classify::buffer(response).await
+            }
         })
     }
 }

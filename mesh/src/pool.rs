@@ -44,7 +44,7 @@ struct State {
     host: String,
     config: Config,
     /// In-flight slots.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     /// Requests waiting for a slot now.
     pending: AtomicUsize,
     metrics: MeshMetrics,
@@ -57,7 +57,7 @@ impl PoolLayer {
             state: Arc::new(State {
                 host: host.to_owned(),
                 config,
-                slots: Semaphore::new(permits),
+                slots: Arc::new(Semaphore::new(permits)),
                 pending: AtomicUsize::new(0),
                 metrics,
             }),
@@ -98,8 +98,12 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let state = self.state.clone();
         let inner = self.inner.clone();
+        let streaming = request
+            .extensions()
+            .get::<crate::classify::Streaming>()
+            .is_some();
         Box::pin(async move {
-            let permit = match state.slots.try_acquire() {
+            let permit = match state.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
                     let waiting = state.pending.fetch_add(1, Ordering::AcqRel);
@@ -115,15 +119,50 @@ where
                     }
                     state
                         .slots
-                        .acquire()
+                        .clone()
+                        .acquire_owned()
                         .await
                         .map_err(|e| -> BoxError { Box::new(e) })?
                 }
             };
             let result = inner.oneshot(request).await;
-            drop(permit);
-            result
+            match result {
+                // A stream is in flight until its body ends: the slot goes with the body.
+                Ok(response) if streaming => Ok(response.map(|body| {
+                    tonic::body::Body::new(Holding {
+                        body,
+                        _permit: permit,
+                    })
+                })),
+                other => other,
+            }
         })
+    }
+}
+
+/// A streaming body that keeps its in-flight slot until it is dropped.
+struct Holding {
+    body: tonic::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -176,6 +215,43 @@ mod tests {
         let (_, second_send) = handle.next_request().await.expect("second called");
         second_send.send_response(ok_response());
         assert!(assert_ready!(second.poll()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stream_holds_its_slot_until_its_body_ends() {
+        let (inner, mut handle) = mock::pair::<Request, Response>();
+        let mut svc = PoolLayer::layer(
+            "status",
+            Config {
+                max_requests: 1,
+                max_pending: 0,
+            },
+            MeshMetrics::default(),
+        )
+        .layer(inner);
+        let streaming = || {
+            let mut r = request();
+            r.extensions_mut().insert(crate::classify::Streaming);
+            r
+        };
+        let mut first = tokio_test::task::spawn(svc.call(streaming()));
+        assert_pending!(first.poll());
+        let (_, send) = handle.next_request().await.expect("called");
+        // Headers now, the body still open (a watch stream).
+        let (_tx, rx) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>(1);
+        let open = tonic::body::Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        send.send_response(http::Response::new(open));
+        let stream = assert_ready!(first.poll()).expect("the stream started");
+        // The stream is still in flight: the next call overflows.
+        let mut second = tokio_test::task::spawn(svc.call(streaming()));
+        assert!(assert_ready!(second.poll()).is_err(), "slot still held");
+        drop(stream);
+        let mut third = tokio_test::task::spawn(svc.call(streaming()));
+        assert_pending!(third.poll());
+        assert!(handle.next_request().await.is_some(), "slot given back");
     }
 
     #[tokio::test]

@@ -55,7 +55,8 @@ pub struct Config {
     pub metrics_listen: OptionalAddr,
     /// Istio DestinationRule / VirtualService YAML files for the backends' hosts
     /// (`reservation`, `parking-lot`, `delivery`, `status`), comma-separated; empty:
-    /// Istio's defaults. Unary calls go through these policies; re-read on change.
+    /// Istio's defaults. Every call goes through these policies (a stream's
+    /// timeouts bound the time to its first answer); re-read on change.
     #[arg(long, env = "MESH_CONFIG", default_value = "")]
     pub mesh_config: String,
     /// TicketReservationService backend (a comma list of endpoints may carry subset
@@ -172,8 +173,8 @@ pub enum Error {
     Tls(#[from] parking_common::tls::TlsError),
 }
 
-/// A channel without the mesh's policies to a backend's first endpoint (streams and
-/// health checks), with the mesh's TLS.
+/// A channel without the mesh's policies to a backend's first endpoint (the health checks
+/// of `/status`), with the mesh's TLS.
 fn channel(config: &mesh::MeshConfig, url: &str) -> Result<tonic::transport::Channel, Error> {
     let first = config
         .endpoints
@@ -315,10 +316,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 message,
             })?
             .with_tls(tls.as_ref().map(|t| t.client()));
-        let direct = channel(&mesh_config, url)?;
+        let probe = channel(&mesh_config, url)?;
         let client = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
         client.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
-        checked.push((backend, direct.clone()));
+        checked.push((backend, probe));
         let service = path
             .trim_start_matches('/')
             .trim_end_matches("/{*method}")
@@ -329,14 +330,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         {
             let forward = proxy::Forward {
                 backend,
-                transport: proxy::Transport::Direct(direct.clone()),
+                mesh: client.clone(),
+                streaming: true,
             };
             router = router.route_service(stream, guarded(forward));
         }
         by_service.insert(service, client.clone());
         let forward = proxy::Forward {
             backend,
-            transport: proxy::Transport::Mesh(client),
+            mesh: client,
+            streaming: false,
         };
         router = router.route_service(path, guarded(forward));
     }

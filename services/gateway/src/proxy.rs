@@ -1,46 +1,26 @@
 //! Forwarding one gRPC service's calls to its backend: the HTTP/2 request as it came
 //! (headers, grpc-timeout, body streaming in either direction) to the backend, through the
-//! mesh library's policies (Istio's retries, timeouts, pool limits, outlier detection) for
-//! unary calls, over a plain channel for streams (the mesh buffers unary answers only). A
-//! backend that cannot be reached is answered with a gRPC status, never a bare HTTP error
-//! a gRPC client cannot read.
+//! mesh library's policies (Istio's retries, timeouts, pool limits, outlier detection).
+//! Unary answers are buffered to read their status; a stream's answer passes through as
+//! it comes, judged by its headers (`mesh::classify::Streaming`). A backend that cannot
+//! be reached is answered with a gRPC status, never a bare HTTP error a gRPC client cannot
+//! read.
 
 use axum::body::Body as AxumBody;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tonic::transport::Channel;
 use tower::ServiceExt;
 
-/// How calls reach a backend.
-#[derive(Clone)]
-pub enum Transport {
-    /// Through the in-process mesh (unary calls).
-    Mesh(mesh::MeshClient),
-    /// Straight over HTTP/2 (streams).
-    Direct(Channel),
-}
-
-impl Transport {
-    /// Sends one request; a failure arrives as the status a gRPC caller should get.
-    pub async fn send(
-        self,
-        request: http::Request<tonic::body::Body>,
-    ) -> Result<http::Response<tonic::body::Body>, mesh::error::BoxError> {
-        match self {
-            Transport::Mesh(client) => client.oneshot(request).await,
-            Transport::Direct(channel) => channel.oneshot(request).await.map_err(Into::into),
-        }
-    }
-}
-
-/// One backend service.
+/// One backend service's calls of one kind.
 #[derive(Clone)]
 pub struct Forward {
     /// The backend's name, for messages.
     pub backend: &'static str,
-    pub transport: Transport,
+    pub mesh: mesh::MeshClient,
+    /// Server-streaming calls: passed through unbuffered.
+    pub streaming: bool,
 }
 
 /// The gRPC answer for a failed forward: the mesh's own status (UNAVAILABLE with a
@@ -76,13 +56,17 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let transport = self.transport.clone();
+        let mesh = self.mesh.clone();
         let backend = self.backend;
+        let streaming = self.streaming;
         Box::pin(async move {
             let mut request = request.map(tonic::body::Body::new);
+            if streaming {
+                request.extensions_mut().insert(mesh::classify::Streaming);
+            }
             // The backend's span becomes a child of this call's gateway span.
             parking_common::propagation::inject(request.headers_mut());
-            match transport.send(request).await {
+            match mesh.oneshot(request).await {
                 Ok(response) => Ok(response.map(AxumBody::new)),
                 Err(error) => Ok(failure(backend, &error)),
             }
