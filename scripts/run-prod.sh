@@ -70,12 +70,14 @@ for i in 0 1 2; do
 done
 nats_url=$(printf 'nats://127.0.0.1:%s,' "${NATS_CLIENT[@]}")
 nats_url=${nats_url%,}
-# Each process is given one of the servers as its seed (replica 1 the first, replica 2
-# the second, gateways the third and first); the client learns the other two from the
-# cluster (INFO connect_urls) and moves to one of them when its server goes. A seed per
-# process because parking_common::nats::connect hands NATS_URL to async-nats as one
-# address, so a comma list does not parse (see docs/production.md).
-seed() { echo "nats://127.0.0.1:${NATS_CLIENT[$1]}"; }
+# Every process gets the three servers, each its own order (replica 1 the first server
+# first, replica 2 the second, the gateways the third and the first), so the clients spread
+# over the cluster; each moves to another server when its own goes.
+servers() {
+  local first=$1 i out=""
+  for i in 0 1 2; do out+="nats://127.0.0.1:${NATS_CLIENT[$(((first + i) % 3))]},"; done
+  echo "${out%,}"
+}
 
 # Accounts (demo users with random passwords, parking-lot's client identity) and the
 # signing key both gateway replicas share.
@@ -118,11 +120,12 @@ start() {
 # The gateways first: the backends check every call's token against gateway 1's JWK set,
 # and parking-lot takes its own token from gateway 1's token endpoint.
 for i in 0 1; do
-  start gateway "gateway-$((i + 1))" "${GATEWAYS[$i]}" "945$((i + 5))" NATS_URL="$(seed $(((i + 2) % 3)))" \
+  start gateway "gateway-$((i + 1))" "${GATEWAYS[$i]}" "945$((i + 5))" NATS_URL="$(servers $(((i + 2) % 3)))" \
     ACCOUNTS_FILE="$accounts" TOKEN_KEY_FILE="$PROD/token-key.pem" MESH_CONFIG="$mesh" \
     RESERVATION_URL="$(urls reservation)" PARKING_LOT_URL="$(urls parking-lot)" \
     DELIVERY_URL="$(urls delivery)" STATUS_URL="$(urls status)"
 done
+wait_listening 127.0.0.1 "${GATEWAYS[0]}" 60 || { say "gateway-1 did not start; see $LOG/gateway-1.log"; exit 1; }
 auth=(JWKS_URL="http://127.0.0.1:${GATEWAYS[0]}/.well-known/jwks.json")
 for svc in reservation parking-lot delivery status; do
   extra=()
@@ -132,8 +135,8 @@ for svc in reservation parking-lot delivery status; do
       CLIENT_SECRET_FILE="$PROD/parking-lot.secret")
   fi
   db="$PG_BASE/${DATABASE[$svc]}"
-  start "$svc" "$svc-1" "${PORT1[$svc]}" "${METRICS1[$svc]}" NATS_URL="$(seed 0)" DATABASE_URL="$db" "${auth[@]}" "${extra[@]}"
-  start "$svc" "$svc-2" "${PORT2[$svc]}" "${METRICS2[$svc]}" NATS_URL="$(seed 1)" DATABASE_URL="$db" "${auth[@]}" "${extra[@]}"
+  start "$svc" "$svc-1" "${PORT1[$svc]}" "${METRICS1[$svc]}" NATS_URL="$(servers 0)" DATABASE_URL="$db" "${auth[@]}" "${extra[@]}"
+  start "$svc" "$svc-2" "${PORT2[$svc]}" "${METRICS2[$svc]}" NATS_URL="$(servers 1)" DATABASE_URL="$db" "${auth[@]}" "${extra[@]}"
 done
 for port in "${GATEWAYS[@]}" "${PORT1[@]}" "${PORT2[@]}"; do
   wait_listening 127.0.0.1 "$port" 60 || { say "a process did not start on $port; see $LOG/"; exit 1; }

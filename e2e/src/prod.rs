@@ -8,10 +8,9 @@
 //! removed (kept, and the logs printed, when the test failed). Only one `ProdCluster`
 //! runs at a time on a machine (a file lock), so two of them never share its cores.
 //!
-//! NATS_URL: each process is given one server of the cluster as its seed (replica `i` the
-//! server `i % 3`, gateway `g` the server `(g + 2) % 3`) and learns the others from it, so
-//! it moves to another server when its own goes. `parking_common::nats::connect` hands
-//! NATS_URL to async-nats as a single address, so a comma list does not parse.
+//! NATS_URL: each process is given the three servers, its own server first (replica `i`
+//! the server `i % 3`, gateway `g` the server `(g + 2) % 3`), so the clients spread over
+//! the cluster and each moves to another server when its own goes.
 #![allow(clippy::unwrap_used)] // a test harness: a failed set-up should fail loudly
 
 use crate::{bin_dir, free_port, wait_healthy, with_token, AuthChannel, Backend, Cluster, Svc};
@@ -357,11 +356,15 @@ impl ProdCluster {
         self.spawn_nats(node);
     }
 
-    fn seed(&self, node: usize) -> String {
-        format!(
-            "nats://127.0.0.1:{}",
-            self.nats[node % NATS_NODES].client_port
-        )
+    /// Every server's URL, starting with server `first`.
+    fn servers(&self, first: usize) -> String {
+        (0..NATS_NODES)
+            .map(|i| {
+                let node = &self.nats[(first + i) % NATS_NODES];
+                format!("nats://127.0.0.1:{}", node.client_port)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     async fn launch(&mut self, name: &str, mut cmd: Command, port: u16) -> Child {
@@ -432,7 +435,7 @@ impl ProdCluster {
             .env("MESH_CONFIG", Self::mesh_config())
             .env("ACCOUNTS_FILE", self.base.accounts_file())
             .env("TOKEN_KEY_FILE", self.base.token_key_file())
-            .env("NATS_URL", self.seed(g + 2))
+            .env("NATS_URL", self.servers(g + 2))
             .env("EVENT_NAMESPACE", &self.base.namespace)
             .env("RATE_LIMIT_PER_ADDR", "0")
             .env("RATE_LIMIT_PER_SUBJECT", "0");
@@ -465,7 +468,7 @@ impl ProdCluster {
         cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("METRICS_LISTEN", "off")
             .env("DATABASE_URL", self.base.database_url(svc))
-            .env("NATS_URL", self.seed(i))
+            .env("NATS_URL", self.servers(i))
             .env("EVENT_NAMESPACE", &self.base.namespace)
             .env("STREAM_REPLICAS", self.options.stream_replicas.to_string())
             .env("MAX_PARKING", self.options.max_parking.to_string())
