@@ -585,6 +585,20 @@ impl Caller {
         total
     }
 
+    /// Envoy's outlier-detection counters, every cluster (empty for the mesh).
+    pub async fn outlier_stats(&self) -> String {
+        match self {
+            Caller::Envoy { envoy, .. } => {
+                let (_, body) = http_get(envoy.admin, "/stats").await.unwrap_or_default();
+                body.lines()
+                    .filter(|l| l.contains("outlier_detection") && !l.ends_with(": 0"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            Caller::Mesh { .. } => String::new(),
+        }
+    }
+
     /// Envoy's log (empty for the mesh).
     pub fn log(&self) -> String {
         match self {
