@@ -229,7 +229,7 @@ async fn bad_input_gets_a_clear_status_and_changes_nothing(backend: Backend) {
 }
 
 async fn watch_streams_every_stage(backend: Backend) {
-    let c = Cluster::start(backend).await;
+    let mut c = Cluster::start(backend).await;
     let r = c
         .reservation()
         .await
@@ -265,6 +265,24 @@ async fn watch_streams_every_stage(backend: Backend) {
     let mut sorted = seen.clone();
     sorted.sort_by_key(|s| *s as i32);
     assert_eq!(seen, sorted, "stages only move forward");
+
+    // The service stopping ends the watch with UNAVAILABLE (watch again, another replica
+    // answers), never with OK, which would say the application's story is over.
+    c.stop_service(Svc::Status).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the watch ended");
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        other => panic!("the watch ended without UNAVAILABLE: {other:?}"),
+    }
 }
 
 /// grpcurl's way in: list services and fetch descriptors by symbol via reflection v1.

@@ -186,7 +186,16 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
                         },
                         _ = &mut poll => break,
                         _ = tx.closed() => return,
-                        _ = shutdown.cancelled() => return,
+                        // Not the end of the application's story: tell the client to
+                        // watch again (another replica answers), not that it is over.
+                        _ = shutdown.cancelled() => {
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "the status service is shutting down; watch again",
+                                )))
+                                .await;
+                            return;
+                        }
                     }
                 }
             }
