@@ -462,15 +462,9 @@ async fn every_call_goes_through_the_mesh_policy_and_streams_are_not_cut_by_its_
     let watch = pb::WatchReservationStatusRequest {
         reservation_id: r.id,
     };
-    let err = status
-        .get_reservation_status(get)
-        .await
-        .unwrap_err();
+    let err = status.get_reservation_status(get).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    let err = status
-        .watch_reservation_status(watch)
-        .await
-        .unwrap_err();
+    let err = status.watch_reservation_status(watch).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
     // A route timeout of 300 ms bounds the time to a stream's first answer, not the

@@ -102,10 +102,11 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
         .map_err(|e| -> BoxError { Box::new(e) })?;
     let trailers = collected.trailers().cloned();
     let data = collected.to_bytes();
-    let code = trailers
-        .as_ref()
-        .and_then(grpc_status)
-        .or_else(|| grpc_status(&parts.headers));
+    let in_trailers = trailers.as_ref().and_then(grpc_status);
+    if in_trailers.is_none() && grpc_status(&parts.headers).is_some() {
+        parts.extensions.insert(StatusInHeaders);
+    }
+    let code = in_trailers.or_else(|| grpc_status(&parts.headers));
     let outcome = match code {
         Some(Code::Ok) => Outcome::Ok,
         Some(code) => Outcome::Grpc(code),
@@ -121,6 +122,12 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
     ))
 }
 
+/// Marks an answer whose grpc-status came in its headers (trailers-only), the only place
+/// Envoy reads a status for `retryOn`: a status in trailers comes after the headers went
+/// downstream, too late for Envoy to retry, so the mesh does not either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusInHeaders;
+
 /// Marks a call whose answer streams (server streaming): the mesh passes its body through
 /// as it comes instead of buffering it, judges the call by its response headers (a
 /// trailers-only error, an HTTP status, or a stream that started), holds its
@@ -132,7 +139,11 @@ pub struct Streaming;
 /// Classifies a streaming answer by its headers, leaving the body as it is.
 pub fn head(response: http::Response<Body>) -> http::Response<Body> {
     let (mut parts, body) = response.into_parts();
-    let outcome = match grpc_status(&parts.headers) {
+    let status = grpc_status(&parts.headers);
+    if status.is_some() {
+        parts.extensions.insert(StatusInHeaders);
+    }
+    let outcome = match status {
         Some(Code::Ok) => Outcome::Ok,
         Some(code) => Outcome::Grpc(code),
         None if parts.status != http::StatusCode::OK => Outcome::Http(parts.status.as_u16()),
@@ -180,6 +191,7 @@ pub fn status_response(code: Code, message: &str) -> http::Response<Body> {
     response
         .extensions_mut()
         .insert(Classified(Outcome::Grpc(code)));
+    response.extensions_mut().insert(StatusInHeaders);
     response
 }
 

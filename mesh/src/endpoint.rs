@@ -125,7 +125,7 @@ impl Service<Request> for Endpoint {
             let response = channel
                 .oneshot(request)
                 .await
-                .map_err(|e| -> BoxError { Box::new(e) })?;
+                .map_err(|e| crate::error::upstream_failure(Box::new(e)))?;
             if streaming {
                 Ok(classify::head(response))
             } else {

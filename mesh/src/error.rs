@@ -36,6 +36,11 @@ pub struct Timeout(pub Duration);
 #[error("upstream per-try timeout after {0:?}")]
 pub struct PerTryTimeout(pub Duration);
 
+/// The try got no answer: connection refused or lost, stream reset before the response.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream connect error or disconnect/reset before headers: {0}")]
+pub struct UpstreamFailure(#[source] pub BoxError);
+
 /// No route of the VirtualService matched the call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("no route for {path} on {host}")]
@@ -89,6 +94,11 @@ pub fn timeout(e: Timeout) -> BoxError {
 /// UNAVAILABLE when the last try timed out, as [`timeout`].
 pub fn per_try_timeout(e: PerTryTimeout) -> BoxError {
     to_status(Code::Unavailable, e)
+}
+
+/// UNAVAILABLE, as Envoy answers a try that got no response (its local 503).
+pub fn upstream_failure(e: BoxError) -> BoxError {
+    to_status(Code::Unavailable, UpstreamFailure(e))
 }
 
 pub fn no_route(e: NoRoute) -> BoxError {

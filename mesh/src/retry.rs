@@ -81,7 +81,13 @@ impl RetryOn {
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let code_hit = matches!(outcome_of(response), Outcome::Grpc(code) if self.codes.contains(&code));
+                // As Envoy: only a status in the headers (trailers-only) is seen in time.
+                let in_headers = response
+                    .extensions()
+                    .get::<crate::classify::StatusInHeaders>()
+                    .is_some();
+                let code_hit = in_headers
+                    && matches!(outcome_of(response), Outcome::Grpc(code) if self.codes.contains(&code));
                 code_hit
                     || (self.five_xx && status >= 500)
                     || (self.gateway_error && (502..=504).contains(&status))
@@ -305,6 +311,29 @@ mod tests {
         assert_eq!(metrics.snapshot("h").0, 3, "three retries, four tries");
         // No fifth try was sent.
         assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_in_trailers_comes_too_late_to_retry() {
+        let (mut svc, mut handle, metrics) = layer(3, None, "unavailable");
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_, send) = handle.next_request().await.expect("a try");
+        // UNAVAILABLE after the headers: Envoy has sent them on and cannot retry.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        let mut late = http::Response::new(crate::classify::replay_body(
+            bytes::Bytes::new(),
+            Some(trailers),
+        ));
+        late.extensions_mut()
+            .insert(crate::classify::Classified(Outcome::Grpc(
+                Code::Unavailable,
+            )));
+        send.send_response(late);
+        let response = assert_ready!(call.poll()).expect("an answer");
+        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Unavailable));
+        assert_eq!(metrics.snapshot("h").0, 0, "no retry");
     }
 
     #[tokio::test(start_paused = true)]
