@@ -49,10 +49,15 @@ stop() {
   say "stopping (SIGTERM: services drain and flush their outboxes, then the NATS servers stop)…"
   # Services first (they flush their outboxes into NATS), then the NATS servers.
   local pid
-  for pid in "${pids[@]:3}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait "${pids[@]:3}" 2>/dev/null || true
-  for pid in "${pids[@]:0:3}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait "${pids[@]:0:3}" 2>/dev/null || true
+  # A bare `wait` (no pids left) would wait for every child, the NATS servers included.
+  if ((${#pids[@]} > 3)); then
+    for pid in "${pids[@]:3}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait "${pids[@]:3}" 2>/dev/null || true
+  fi
+  if ((${#pids[@]} > 0)); then
+    for pid in "${pids[@]:0:3}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait "${pids[@]:0:3}" 2>/dev/null || true
+  fi
   say "stopped; data stays in $PROD and the PostgreSQL databases ${DATABASE[*]}"
 }
 trap stop INT TERM EXIT

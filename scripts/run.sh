@@ -14,8 +14,11 @@ stop() {
   trap - INT TERM EXIT
   say ""
   say "stopping services…"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait "${pids[@]}" 2>/dev/null || true
+  if ((${#pids[@]})); then
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Not a bare `wait`: that would also wait for the nats-server ensure_nats started.
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
   if [ -f var/nats.pid ]; then
     kill -TERM "$(cat var/nats.pid)" 2>/dev/null || true
     rm -f var/nats.pid
@@ -49,6 +52,9 @@ fi
 # secret stays in an owner-only file the service reads.
 if [ ! -f var/parking-lot.secret ]; then
   (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >var/parking-lot.secret)
+fi
+# The account too whenever the accounts file lacks it (a reset of var/accounts.yaml).
+if ! ./target/debug/parkingctl users list --file var/accounts.yaml 2>/dev/null | grep -qw parking-lot; then
   PARKING_PASSWORD=$(cat var/parking-lot.secret) ./target/debug/parkingctl users add parking-lot --client --role service --file var/accounts.yaml >/dev/null
 fi
 # A signing key that survives restarts (tokens stay valid); without openssl the gateway

@@ -276,7 +276,8 @@ pub struct Verifier {
 
 impl Verifier {
     /// Keys older than this are fetched again in the background: a key removed from the
-    /// set (retired after a rotation) stops being accepted within this time.
+    /// set (retired after a rotation) stops being accepted within this time, as long as
+    /// the set can be read (while it cannot, the last keys read stay in force).
     pub const MAX_AGE: Duration = Duration::from_secs(60);
     /// Least time between two fetches.
     pub const MIN_GAP: Duration = Duration::from_millis(500);
@@ -477,6 +478,9 @@ pub struct ServiceCredentials {
     client: HttpClient<Full<Bytes>>,
     /// The current `authorization` value and when to get the next one.
     current: tokio::sync::Mutex<Option<(http::HeaderValue, Instant)>>,
+    /// When the last fetch failed, and why: calls within [`Self::RETRY_AFTER`] get that
+    /// answer instead of sending the secret to the token endpoint again.
+    failed: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -495,6 +499,9 @@ impl std::fmt::Debug for ServiceCredentials {
 }
 
 impl ServiceCredentials {
+    /// Least time between two failed requests to the token endpoint.
+    pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
     /// From the settings; reads the secret file now, so a missing one stops the start.
     pub fn new(args: &crate::config::ClientArgs) -> Result<Arc<ServiceCredentials>, FetchError> {
         let secret_error = |message: String| FetchError::Secret {
@@ -518,6 +525,7 @@ impl ServiceCredentials {
             client_secret,
             client: http_client(),
             current: tokio::sync::Mutex::new(None),
+            failed: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -530,13 +538,26 @@ impl ServiceCredentials {
                 return Ok(value.clone());
             }
         }
+        let mut failed = self.failed.lock().await;
+        if let Some((at, why)) = failed.as_ref() {
+            if at.elapsed() < Self::RETRY_AFTER {
+                return Err(FetchError::Http {
+                    url: self.token_url.to_string(),
+                    message: format!("{why} (not asked again for {:?})", Self::RETRY_AFTER),
+                });
+            }
+        }
         match self.fetch().await {
             Ok(fresh) => {
                 let value = fresh.0.clone();
                 *current = Some(fresh);
+                *failed = None;
                 Ok(value)
             }
-            Err(error) => Err(error),
+            Err(error) => {
+                *failed = Some((Instant::now(), error.to_string()));
+                Err(error)
+            }
         }
     }
 

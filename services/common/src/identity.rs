@@ -137,8 +137,9 @@ impl Caller {
         )))
     }
 
-    /// Services act for no member and read no member's reservations.
-    fn refuse_service(&self) -> Result<(), Status> {
+    /// Services act for no member and read nothing but what names them: a call for
+    /// people only refuses them here.
+    pub fn refuse_service(&self) -> Result<(), Status> {
         if self.role == Role::Service {
             return Err(Status::permission_denied(format!(
                 "{} is a service: it may not read or act on members' reservations",

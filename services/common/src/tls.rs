@@ -155,10 +155,15 @@ fn write(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
         options.mode(0o600);
     }
     let _ = secret;
-    options
-        .open(path)
-        .and_then(|mut file| file.write_all(bytes))
-        .map_err(error)
+    let mut file = options.open(path).map_err(error)?;
+    // A key file that existed before keeps its mode on open: make it owner-only anyway.
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(error)?;
+    }
+    file.write_all(bytes).map_err(error)
 }
 
 #[cfg(test)]

@@ -228,7 +228,14 @@ pub async fn serve<S>(
     drop(listener);
     drain.cancel();
     // Every connection holds a slot until it is closed: all of them back means drained.
-    let _ = slots.acquire_many(max).await;
+    // A watch stream can stay open as long as its backend keeps it going: past the grace
+    // period the remaining connections are dropped with the process.
+    if tokio::time::timeout(DRAIN_GRACE, slots.acquire_many(max))
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?DRAIN_GRACE, "connections still open after the grace period; closing them");
+    }
     tracing::info!("gateway stopped");
 }
 
@@ -301,6 +308,10 @@ async fn connection<S>(
 }
 
 /// The HTTP/2 client preface (RFC 9113 section 3.4).
+/// How long a stopping gateway waits for open connections (streams) to finish, within
+/// Kubernetes' default 30 s termination grace.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// `matched` once the first bytes are not the preface: an HTTP/1 connection.
 const NOT_H2: usize = usize::MAX;

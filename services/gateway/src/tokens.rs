@@ -120,6 +120,12 @@ fn read_keys(path: &Path) -> Result<Vec<ed25519_dalek::SigningKey>, Error> {
             "no PKCS#8 private key (make one with `openssl genpkey -algorithm ed25519`)".into(),
         ));
     }
+    // A key begun but not ended: the file is being written; read it when it is whole,
+    // rather than drop a key still in use.
+    let tail = text.rsplit(END).next().unwrap_or_default();
+    if tail.contains("-----BEGIN") {
+        return Err(key_error("the last key is incomplete".into()));
+    }
     Ok(keys)
 }
 
@@ -413,7 +419,11 @@ mod tests {
         assert_ne!(t.signing_kid(), old_kid);
         let new = t.issue("6", Role::Employee).expect("sign");
         assert!(t.check(&old).is_ok() && t.check(&new).is_ok());
-        // A broken file changes nothing.
+        // A broken file changes nothing, nor does one caught half-written.
+        std::fs::write(&path, pem(2) + "-----BEGIN PRIVATE KEY-----\nMC4CAQAw").expect("write");
+        assert!(read_keys(&path).is_err(), "an unfinished key is no key set");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(t.jwks().keys.len(), 2, "both keys still published");
         std::fs::write(&path, "not a key").expect("write");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(t.check(&old).is_ok());

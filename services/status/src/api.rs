@@ -143,6 +143,8 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
         request: Request<pb::WatchReservationStatusRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let caller = Caller::of(&request)?;
+        // Refused now, not once the view has a row to check against.
+        caller.refuse_service()?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let mut changes = self.changes.subscribe();
         let store = self.store.clone();
@@ -189,11 +191,11 @@ impl pb::reservation_status_service_server::ReservationStatusService for Api {
                         // Not the end of the application's story: tell the client to
                         // watch again (another replica answers), not that it is over.
                         _ = shutdown.cancelled() => {
-                            let _ = tx
-                                .send(Err(Status::unavailable(
-                                    "the status service is shutting down; watch again",
-                                )))
-                                .await;
+                            // try_send: a client that stopped reading must not hold the
+                            // shutdown up; it learns of it from the closed stream then.
+                            let _ = tx.try_send(Err(Status::unavailable(
+                                "the status service is shutting down; watch again",
+                            )));
                             return;
                         }
                     }
