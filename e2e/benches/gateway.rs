@@ -1,7 +1,7 @@
 //! Benchmark of the gateway, printing its figures (run: `make bench`): ReserveTicket
 //! through the gateway with an admin's JWT (token check, limits with room to spare,
-//! identity headers, forwarding) against the same call straight to the reservation
-//! service, in one run over the same SQLite-backed services.
+//! forwarding; the service checks the token again) against the same call straight to the
+//! reservation service with a token, in one run over the same SQLite-backed services.
 //!
 //! Calls run 16 in flight; rounds alternate direct / gateway so drift on a noisy 2-core
 //! machine hits both alike. Every call is a new application (a member holds one ticket per
@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 use parking_e2e::bench::{direct, round, Figures, IN_FLIGHT, ROUND};
-use parking_e2e::{day, gateway_as, Backend, Cluster, Svc};
+use parking_e2e::{day, gateway_as, Backend, Cluster};
 use parking_proto::v1::ticket_reservation_service_client::TicketReservationServiceClient as Client;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ async fn main() {
             ("RATE_LIMIT_PER_SUBJECT", "1000000"),
         ])
         .await;
-    let direct = direct(c.port(Svc::Reservation)).await;
+    let direct = direct(&c).await;
     let gateway = Client::new(gateway_as(port, "admin").await);
     let next_member = Arc::new(AtomicI64::new(1));
     let date = day(9);

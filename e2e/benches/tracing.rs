@@ -7,7 +7,7 @@
 
 use parking_e2e::bench::{direct, round, Figures, IN_FLIGHT, ROUND};
 use parking_e2e::otlp::Collector;
-use parking_e2e::{day, Backend, Cluster, Svc};
+use parking_e2e::{day, Backend, Cluster};
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ async fn main() {
     ];
     let mut clients = Vec::new();
     for (_, c) in &sides {
-        clients.push(direct(c.port(Svc::Reservation)).await);
+        clients.push(direct(c).await);
     }
     let next_member = Arc::new(AtomicI64::new(1));
     let date = day(10);

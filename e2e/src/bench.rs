@@ -95,7 +95,9 @@ impl Figures {
     }
 }
 
-/// A client straight to a local port with no token (inside the mesh).
-pub async fn direct(port: u16) -> ReserveClient {
-    Client::new(crate::with_token(port, None).await)
+/// A client straight to a cluster's reservation service, as an operator (every call
+/// needs a token the service checks, as from the gateway).
+pub async fn direct(c: &crate::Cluster) -> ReserveClient {
+    let token = c.token("operator", parking_common::identity::Role::Admin);
+    Client::new(crate::with_token(c.port(crate::Svc::Reservation), Some(&token)).await)
 }

@@ -280,22 +280,8 @@ pub fn bootstrap(
             if clusters.iter().any(|c: &Value| c["name"] == json!(name)) {
                 continue;
             }
-            let traffic = policy
-                .traffic
-                .get(subset)
-                .or_else(|| policy.traffic.get(&None))
-                .cloned()
-                .unwrap_or_default();
-            let labels = subset
-                .as_ref()
-                .and_then(|s| policy.subset_labels.get(s))
-                .cloned()
-                .unwrap_or_default();
-            let selected: Vec<&EndpointAddr> = endpoints
-                .iter()
-                .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-                .collect();
-            clusters.push(cluster(&name, &traffic, &selected));
+            let destination = policy.destination(subset, endpoints);
+            clusters.push(cluster(&name, &destination.traffic, &destination.endpoints));
         }
     }
     let mut filters = Vec::new();

@@ -475,14 +475,7 @@ impl Cluster {
 
     /// A token of the cluster's gateway key for anyone, valid for an hour.
     pub fn token(&self, subject: &str, role: Role) -> String {
-        let tokens = gateway::tokens::Tokens::from_pem_file(
-            &self.token_key_file(),
-            "parking-mesh",
-            "parking-mesh",
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-        tokens.issue(subject, role).unwrap()
+        self.gateway_tokens().issue(subject, role).unwrap()
     }
 
     /// The gateway's accounts file (written once per cluster): see [`USERS`].
@@ -536,7 +529,7 @@ impl Cluster {
             &self.token_key_file(),
             "parking-mesh",
             "parking-mesh",
-            Duration::from_secs(300),
+            Duration::from_secs(3600),
         )
         .unwrap()
     }

@@ -107,14 +107,8 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
         parts.extensions.insert(StatusInHeaders);
     }
     let code = in_trailers.or_else(|| grpc_status(&parts.headers));
-    let outcome = match code {
-        Some(Code::Ok) => Outcome::Ok,
-        Some(code) => Outcome::Grpc(code),
-        // No grpc-status: judged by the HTTP status, as Envoy does (a 429 is no 5xx).
-        None if parts.status != http::StatusCode::OK => Outcome::Http(parts.status.as_u16()),
-        // 200 without any status: a broken response, which gRPC reports as UNKNOWN.
-        None => Outcome::Grpc(Code::Unknown),
-    };
+    // 200 without any status: a broken response, which gRPC reports as UNKNOWN.
+    let outcome = judge(code, parts.status, Outcome::Grpc(Code::Unknown));
     parts.extensions.insert(Classified(outcome));
     Ok(http::Response::from_parts(
         parts,
@@ -136,6 +130,17 @@ pub struct StatusInHeaders;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Streaming;
 
+/// A call's outcome from its grpc-status, else its HTTP status as Envoy judges it (a 429
+/// is no 5xx), else `no_status` (a 200 with no grpc-status).
+fn judge(code: Option<Code>, status: http::StatusCode, no_status: Outcome) -> Outcome {
+    match code {
+        Some(Code::Ok) => Outcome::Ok,
+        Some(code) => Outcome::Grpc(code),
+        None if status != http::StatusCode::OK => Outcome::Http(status.as_u16()),
+        None => no_status,
+    }
+}
+
 /// Classifies a streaming answer by its headers, leaving the body as it is.
 pub fn head(response: http::Response<Body>) -> http::Response<Body> {
     let (mut parts, body) = response.into_parts();
@@ -143,13 +148,8 @@ pub fn head(response: http::Response<Body>) -> http::Response<Body> {
     if status.is_some() {
         parts.extensions.insert(StatusInHeaders);
     }
-    let outcome = match status {
-        Some(Code::Ok) => Outcome::Ok,
-        Some(code) => Outcome::Grpc(code),
-        None if parts.status != http::StatusCode::OK => Outcome::Http(parts.status.as_u16()),
-        // Headers without a status: the stream has started; how it ends is the caller's.
-        None => Outcome::Ok,
-    };
+    // Headers without a status: the stream has started; how it ends is the caller's.
+    let outcome = judge(status, parts.status, Outcome::Ok);
     parts.extensions.insert(Classified(outcome));
     http::Response::from_parts(parts, body)
 }

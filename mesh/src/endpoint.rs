@@ -65,12 +65,15 @@ impl EndpointAddr {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     channel: Channel,
+    /// The host (or host/subset) it serves, named when a try gets no answer.
+    host: std::sync::Arc<str>,
 }
 
 impl Endpoint {
     /// Connects lazily: the caller starts while the host is down. An `https://` endpoint
     /// needs `tls`, and `tls` needs `https://` (no silent downgrade to plain text).
     pub fn new(
+        host: &str,
         addr: &EndpointAddr,
         connect_timeout: Option<Duration>,
         tls: Option<&tonic::transport::ClientTlsConfig>,
@@ -101,6 +104,7 @@ impl Endpoint {
         endpoint = endpoint.connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(10)));
         Ok(Self {
             channel: endpoint.connect_lazy(),
+            host: host.into(),
         })
     }
 }
@@ -116,6 +120,7 @@ impl Service<Request> for Endpoint {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let channel = self.channel.clone();
+        let host = self.host.clone();
         let faults = crate::fault::injected(&request);
         let streaming = request.extensions().get::<classify::Streaming>().is_some();
         Box::pin(async move {
@@ -125,7 +130,7 @@ impl Service<Request> for Endpoint {
             let response = channel
                 .oneshot(request)
                 .await
-                .map_err(|e| crate::error::upstream_failure(Box::new(e)))?;
+                .map_err(|e| crate::error::upstream_failure(&host, Box::new(e)))?;
             if streaming {
                 Ok(classify::head(response))
             } else {

@@ -38,8 +38,12 @@ pub struct PerTryTimeout(pub Duration);
 
 /// The try got no answer: connection refused or lost, stream reset before the response.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream connect error or disconnect/reset before headers: {0}")]
-pub struct UpstreamFailure(#[source] pub BoxError);
+#[error("{host} is unavailable right now (upstream connect error or disconnect/reset before headers: {source}); retry shortly")]
+pub struct UpstreamFailure {
+    pub host: String,
+    #[source]
+    pub source: BoxError,
+}
 
 /// No route of the VirtualService matched the call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,8 +101,14 @@ pub fn per_try_timeout(e: PerTryTimeout) -> BoxError {
 }
 
 /// UNAVAILABLE, as Envoy answers a try that got no response (its local 503).
-pub fn upstream_failure(e: BoxError) -> BoxError {
-    to_status(Code::Unavailable, UpstreamFailure(e))
+pub fn upstream_failure(host: &str, source: BoxError) -> BoxError {
+    to_status(
+        Code::Unavailable,
+        UpstreamFailure {
+            host: host.to_owned(),
+            source,
+        },
+    )
 }
 
 pub fn no_route(e: NoRoute) -> BoxError {

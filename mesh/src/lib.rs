@@ -80,39 +80,31 @@ pub fn build(
         let mut targets = Vec::new();
         for (subset, weight) in &route.destinations {
             if !destinations.contains_key(subset) {
-                let traffic = policy
-                    .traffic
-                    .get(subset)
-                    .or_else(|| policy.traffic.get(&None))
-                    .cloned()
-                    .unwrap_or_default();
-                let labels = subset
-                    .as_ref()
-                    .and_then(|s| policy.subset_labels.get(s))
-                    .cloned()
-                    .unwrap_or_default();
-                let selected: Vec<&EndpointAddr> = endpoints
-                    .iter()
-                    .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-                    .collect();
-                let addresses: Vec<String> = selected.iter().map(|e| e.uri.clone()).collect();
-                let chosen: Vec<Endpoint> = selected
-                    .into_iter()
-                    .map(|e| {
-                        Endpoint::new(e, traffic.connect_timeout, tls)
-                            .map_err(ConfigError::Unsupported)
-                    })
-                    .collect::<Result<_, _>>()?;
-                if chosen.is_empty() {
+                let destination = policy.destination(subset, endpoints);
+                let traffic = destination.traffic;
+                if destination.endpoints.is_empty() {
                     return Err(ConfigError::Unsupported(format!(
-                        "no endpoint of {} carries the labels {labels:?} of subset {subset:?}",
-                        policy.host
+                        "no endpoint of {} carries the labels {:?} of subset {subset:?}",
+                        policy.host, destination.labels
                     )));
                 }
                 let name = match subset {
                     Some(s) => format!("{}/{s}", policy.host),
                     None => policy.host.clone(),
                 };
+                let addresses: Vec<String> = destination
+                    .endpoints
+                    .iter()
+                    .map(|e| e.uri.clone())
+                    .collect();
+                let chosen: Vec<Endpoint> = destination
+                    .endpoints
+                    .into_iter()
+                    .map(|e| {
+                        Endpoint::new(&name, e, traffic.connect_timeout, tls)
+                            .map_err(ConfigError::Unsupported)
+                    })
+                    .collect::<Result<_, _>>()?;
                 metrics.touch(&name);
                 let balancer = outlier::Balancer::remembered(
                     &name,

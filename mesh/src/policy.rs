@@ -52,6 +52,48 @@ pub struct HostPolicy {
     pub subset_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// One destination of a host (a subset, or the host itself): what it is built from.
+pub struct Destination<'a> {
+    /// The subset's traffic policy, else the host's.
+    pub traffic: Traffic,
+    /// The labels the subset selects endpoints by (none: every endpoint).
+    pub labels: BTreeMap<String, String>,
+    /// The endpoints carrying them.
+    pub endpoints: Vec<&'a crate::endpoint::EndpointAddr>,
+}
+
+impl HostPolicy {
+    /// What `subset` (None: the host itself) gets of `endpoints`, as a DestinationRule
+    /// gives it: the mesh builds a balancer of it, and the Envoy conformance harness a
+    /// cluster.
+    pub fn destination<'a>(
+        &self,
+        subset: &Option<String>,
+        endpoints: &'a [crate::endpoint::EndpointAddr],
+    ) -> Destination<'a> {
+        let traffic = self
+            .traffic
+            .get(subset)
+            .or_else(|| self.traffic.get(&None))
+            .cloned()
+            .unwrap_or_default();
+        let labels = subset
+            .as_ref()
+            .and_then(|s| self.subset_labels.get(s))
+            .cloned()
+            .unwrap_or_default();
+        let endpoints = endpoints
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .collect();
+        Destination {
+            traffic,
+            labels,
+            endpoints,
+        }
+    }
+}
+
 /// Istio reads a zero duration as "not set".
 fn nonzero(d: Option<Duration>) -> Option<Duration> {
     d.filter(|d| !d.is_zero())

@@ -128,25 +128,28 @@ where
             let result = inner.oneshot(request).await;
             match result {
                 // A stream is in flight until its body ends: the slot goes with the body.
-                Ok(response) if streaming => Ok(response.map(|body| {
-                    tonic::body::Body::new(Holding {
-                        body,
-                        _permit: permit,
-                    })
-                })),
+                Ok(response) if streaming => Ok(response.map(|body| hold(body, permit))),
                 other => other,
             }
         })
     }
 }
 
-/// A streaming body that keeps its in-flight slot until it is dropped.
-struct Holding {
-    body: tonic::body::Body,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+/// `body` keeping `guard` (an in-flight slot) alive until the body is dropped: a stream is
+/// in flight until its body ends.
+pub fn hold<G: Send + Unpin + 'static>(body: tonic::body::Body, guard: G) -> tonic::body::Body {
+    tonic::body::Body::new(Holding {
+        body,
+        _guard: guard,
+    })
 }
 
-impl http_body::Body for Holding {
+struct Holding<G> {
+    body: tonic::body::Body,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Holding<G> {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 

@@ -211,8 +211,10 @@ where
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             // Shared by every try (extensions are cloned into each): the balancer steers
-            // retries away from the endpoints already tried.
-            parts.extensions.insert(crate::outlier::Tried::default());
+            // retries away from the endpoints already tried. No retries, nothing to steer.
+            if layer.config.attempts > 0 {
+                parts.extensions.insert(crate::outlier::Tried::default());
+            }
             let replay = Replay::new(body);
             let mut retry = 0u32;
             loop {

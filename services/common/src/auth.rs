@@ -272,6 +272,8 @@ pub struct Verifier {
     fetched: RwLock<Option<Instant>>,
     /// One fetch at a time; callers that wait for it see its result.
     fetching: tokio::sync::Mutex<()>,
+    /// A background refresh is under way: calls in the meantime start no other.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl Verifier {
@@ -304,6 +306,7 @@ impl Verifier {
             ))),
             fetched: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -356,11 +359,22 @@ impl Verifier {
     /// Fetches the keys in the background now, so the first call does not wait for them
     /// (the gateway may not be up yet: then the first call fetches them).
     pub fn prefetch(self: &Arc<Self>) {
+        self.refresh_in_background();
+    }
+
+    /// Starts a fetch on its own task unless one is under way: stale keys stay in use
+    /// meanwhile, and a busy server spawns one task a minute, not one per call.
+    fn refresh_in_background(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(error) = this.refresh().await {
-                tracing::info!(%error, "token keys not fetched yet; the first call will");
+                tracing::info!(%error, "token keys not fetched; the last ones stay");
             }
+            this.refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -372,12 +386,7 @@ impl Verifier {
     ) -> Result<Caller, Status> {
         let token = bearer(authorization)?;
         if !self.fetched_within(Self::MAX_AGE) {
-            let this = self.clone();
-            tokio::spawn(async move {
-                if let Err(error) = this.refresh().await {
-                    tracing::warn!(%error, "token keys not refreshed; the last ones stay");
-                }
-            });
+            self.refresh_in_background();
         }
         match self.keys().check(token) {
             Err(Refused::UnknownKey) => {

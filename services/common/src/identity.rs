@@ -83,9 +83,18 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller [`crate::auth::AuthLayer`] verified for this request. Fails closed: a
-    /// server without the layer has no caller, never an all-powerful one.
+    /// The person [`crate::auth::AuthLayer`] verified for this request. A service is
+    /// refused here, so a call is for people unless its handler says otherwise with
+    /// [`Caller::of_any`]. Fails closed: a server without the layer has no caller, never
+    /// an all-powerful one.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+        let caller = Caller::of_any(request)?;
+        caller.refuse_service()?;
+        Ok(caller)
+    }
+
+    /// The verified caller, a service included: for the calls that name services.
+    pub fn of_any<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
         request
             .extensions()
             .get::<Caller>()
@@ -137,9 +146,8 @@ impl Caller {
         )))
     }
 
-    /// Services act for no member and read nothing but what names them: a call for
-    /// people only refuses them here.
-    pub fn refuse_service(&self) -> Result<(), Status> {
+    /// Services act for no member and read no member's reservations.
+    fn refuse_service(&self) -> Result<(), Status> {
         if self.role == Role::Service {
             return Err(Status::permission_denied(format!(
                 "{} is a service: it may not read or act on members' reservations",
@@ -295,6 +303,12 @@ mod tests {
         let mut request = tonic::Request::new(());
         request.extensions_mut().insert(user("6", Role::Employee));
         assert_eq!(Caller::of(&request).ok(), Some(user("6", Role::Employee)));
+        let mut service = tonic::Request::new(());
+        service
+            .extensions_mut()
+            .insert(user("client:parking-lot", Role::Service));
+        assert_eq!(code(Caller::of(&service)), tonic::Code::PermissionDenied);
+        assert!(Caller::of_any(&service).is_ok());
         assert!(!valid_name("") && !valid_name("a b") && valid_name("client:ops-bot"));
     }
 }

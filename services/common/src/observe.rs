@@ -135,10 +135,14 @@ static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
             .collect()
     });
 
-/// The `grpc-timeout` a caller set (`<digits><unit>`, unit H M S m u n).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+/// The `grpc-timeout` a caller set (`<digits><unit>`, at most 8 digits, unit H M S m u n);
+/// anything else is no deadline.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
     let text = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     use std::time::Duration as D;
     Some(match unit {

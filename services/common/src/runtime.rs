@@ -40,8 +40,8 @@ pub struct Endpoints<'a> {
     pub events: &'a EventArgs,
     /// How callers' tokens are checked.
     pub auth: &'a AuthArgs,
-    /// mTLS for the gRPC server (none: plain HTTP/2).
-    pub tls: Option<&'a crate::tls::Tls>,
+    /// mTLS for the gRPC server and the service's calls (none set: plain HTTP/2).
+    pub tls: &'a crate::config::TlsArgs,
     /// Where `/metrics` is served (None: not served).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -93,6 +93,7 @@ impl Host {
         );
         let verifier = crate::auth::Verifier::new(at.auth).map_err(StartError::Auth)?;
         verifier.prefetch();
+        let tls = crate::tls::Tls::load(at.tls)?;
         let db = db::connect_and_migrate::<M>(at.database_url).await?;
         let listener = grpc::bind(at.listen).await?;
         let metrics_listener = match at.metrics_listen {
@@ -118,7 +119,7 @@ impl Host {
             listener,
             metrics_listener,
             verifier,
-            tls: at.tls.cloned(),
+            tls,
             tasks: JoinSet::new(),
             relay: None,
             shutdown,
@@ -126,6 +127,11 @@ impl Host {
             batch: usize::from(at.events.consumer_batch),
             concurrency: at.events.consumer_concurrency,
         })
+    }
+
+    /// The service's mTLS (TLS_*), for its calls to other services too.
+    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+        self.tls.as_ref()
     }
 
     /// Runs the outbox relay, publishing to the stream of `context`.

@@ -102,7 +102,7 @@ impl pb::ticket_delivery_service_server::TicketDeliveryService for Api {
         request: Request<pb::CancelDeliveryRequest>,
     ) -> Result<Response<pb::TicketDelivery>, Status> {
         // The cancel saga's compensation: parking-lot's service identity, or an admin by hand.
-        Caller::of(&request)?.require_any(&[Role::Service, Role::Admin], "CancelDelivery")?;
+        Caller::of_any(&request)?.require_any(&[Role::Service, Role::Admin], "CancelDelivery")?;
         let id = positive_id("reservation_id", request.into_inner().reservation_id)?;
         let d = self
             .store

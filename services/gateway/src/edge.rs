@@ -463,25 +463,6 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// The `grpc-timeout` a caller set (`<digits><unit>`, unit H M S m u n).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// A refusal in the caller's protocol: gRPC trailers-only (in the request's content type,
 /// so gRPC-Web clients read it too) or the REST JSON error.
 fn refusal(
@@ -489,22 +470,20 @@ fn refusal(
     status: tonic::Status,
     retry_after: Option<u64>,
 ) -> Response<Body> {
-    let mut response = match grpc {
+    let rejection = crate::guard::Rejection {
+        status,
+        retry_after,
+    };
+    match grpc {
         Some(content_type) => {
-            let mut response: Response<Body> = status.into_http();
+            let mut response = rejection.grpc().map(Body::new);
             response
                 .headers_mut()
                 .insert(http::header::CONTENT_TYPE, content_type);
             response
         }
-        None => crate::rest::error_response(&status).map(Body::new),
-    };
-    if let Some(secs) = retry_after {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        None => rejection.json().map(Body::new),
     }
-    response
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -566,7 +545,7 @@ where
         let deadline = if stream {
             None
         } else {
-            let asked = grpc_timeout(request.headers());
+            let asked = parking_common::observe::grpc_timeout(request.headers());
             let deadline = asked.map_or(admission.call_timeout, |t| {
                 t.min(admission.max_call_timeout)
             });
@@ -599,34 +578,9 @@ where
                     }
                 },
             };
-            answer.map(|response| response.map(|body| Body::new(Holding { body, _slot: slot })))
+            // The slot goes with the answer's body (a stream's whole life).
+            answer.map(|response| response.map(|body| mesh::pool::hold(body, slot)))
         }))
-    }
-}
-
-/// An answer's body that holds its call's in-flight slot until it is dropped.
-struct Holding {
-    body: Body,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for Holding {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -639,7 +593,7 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         let mut with = |v: &'static str| {
             headers.insert("grpc-timeout", HeaderValue::from_static(v));
-            grpc_timeout(&headers)
+            parking_common::observe::grpc_timeout(&headers)
         };
         assert_eq!(with("1500m"), Some(Duration::from_millis(1500)));
         assert_eq!(with("2S"), Some(Duration::from_secs(2)));

@@ -14,6 +14,7 @@
 //! - [`limit`]: token-bucket rate limiters.
 //! - [`tokens`]: signing and checking JWTs; the JWK set; key rotation.
 //! - [`users`]: the accounts file (argon2id hashes).
+//! - [`watch`]: reading the accounts and key files again when they change.
 //! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
 //! - [`rest`]: REST/JSON from the protos' google.api.http annotations.
 //! - [`status`]: `GET /status`, the health of every backend and the event pipeline's
@@ -29,6 +30,7 @@ pub mod rest;
 pub mod status;
 pub mod tokens;
 pub mod users;
+pub mod watch;
 
 use parking_common::config::OptionalAddr;
 use std::net::SocketAddr;

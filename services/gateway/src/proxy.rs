@@ -27,8 +27,7 @@ pub struct Forward {
 /// `retry-after` when the circuit is open, UNAVAILABLE on its timeout, as Envoy), or
 /// UNAVAILABLE naming the backend.
 pub fn failure(backend: &str, error: &mesh::error::BoxError) -> http::Response<AxumBody> {
-    let unreachable = mesh::error::find::<mesh::error::UpstreamFailure>(&**error).is_some();
-    if let (Some(status), false) = (error.downcast_ref::<tonic::Status>(), unreachable) {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
         let mut response: http::Response<AxumBody> = status.clone().into_http();
         if let Some(open) = mesh::error::find::<mesh::error::CircuitOpen>(status) {
             let secs = open.retry_after.as_secs().max(1);

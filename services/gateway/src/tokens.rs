@@ -129,21 +129,12 @@ fn read_keys(path: &Path) -> Result<Vec<ed25519_dalek::SigningKey>, Error> {
     Ok(keys)
 }
 
-/// When a file was last changed and its length: a change of either means "read again".
-type Stamp = Option<(std::time::SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())))
-}
-
 /// Signing and checking with the gateway's keys.
 pub struct Tokens {
     keys: RwLock<Arc<Keys>>,
     /// The key file, read again when it changes (None: a key made at start), and its
     /// stamp before the keys in use were read (a change since is never missed).
-    path: Option<(PathBuf, Stamp)>,
+    path: Option<(PathBuf, crate::watch::Stamp)>,
     /// Expected `iss`; also what we put there.
     pub issuer: String,
     /// Expected `aud`; also what we put there.
@@ -161,7 +152,7 @@ impl Tokens {
         audience: &str,
         lifetime: Duration,
     ) -> Result<Tokens, Error> {
-        let before = stamp(path);
+        let before = crate::watch::stamp(path);
         let keys = Keys::new(&read_keys(path)?, issuer, audience)?;
         Ok(Self::new(
             keys,
@@ -184,7 +175,7 @@ impl Tokens {
 
     fn new(
         keys: Keys,
-        path: Option<(PathBuf, Stamp)>,
+        path: Option<(PathBuf, crate::watch::Stamp)>,
         issuer: &str,
         audience: &str,
         lifetime: Duration,
@@ -254,20 +245,11 @@ impl Tokens {
     /// Reads the key file again whenever it changes; a file that cannot be read leaves
     /// the last good keys in place.
     pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let Some((path, mut seen)) = self.path.clone() else {
+        let Some((path, seen)) = self.path.clone() else {
             return;
         };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let now = stamp(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match read_keys(&path).and_then(|k| Keys::new(&k, &self.issuer, &self.audience)) {
+        crate::watch::on_change(path, seen, every, shutdown, move |path| {
+            match read_keys(path).and_then(|k| Keys::new(&k, &self.issuer, &self.audience)) {
                 Ok(keys) => {
                     tracing::info!(
                         keys = keys.jwks.keys.len(),
@@ -280,7 +262,8 @@ impl Tokens {
                     tracing::error!(%error, "token key file change refused; keeping the last good keys")
                 }
             }
-        }
+        })
+        .await
     }
 }
 

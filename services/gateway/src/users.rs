@@ -223,11 +223,14 @@ impl Accounts {
 pub struct AccountsFile {
     path: std::path::PathBuf,
     current: Arc<RwLock<Arc<Accounts>>>,
+    /// The file's stamp before the accounts in use were read.
+    loaded: crate::watch::Stamp,
 }
 
 impl AccountsFile {
     /// Reads `path` now; a missing file means no accounts yet (with a warning).
     pub fn open(path: &Path) -> Result<Self, Error> {
+        let loaded = crate::watch::stamp(path);
         let accounts = if path.exists() {
             Accounts::load(path)?
         } else {
@@ -241,6 +244,7 @@ impl AccountsFile {
         );
         Ok(Self {
             path: path.to_owned(),
+            loaded,
             current: Arc::new(RwLock::new(Arc::new(accounts))),
         })
     }
@@ -255,46 +259,28 @@ impl AccountsFile {
 
     /// Re-reads the file when its modification time or size changes, until `shutdown`.
     pub async fn watch(self, every: std::time::Duration, shutdown: CancellationToken) {
-        let stamp = |path: &Path| {
-            std::fs::metadata(path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        };
-        let mut seen = stamp(&self.path);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let now = stamp(&self.path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            let path = self.path.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                if path.exists() {
-                    Accounts::load(&path)
-                } else {
-                    Ok(Accounts::default())
-                }
-            })
-            .await;
+        let current = self.current.clone();
+        crate::watch::on_change(self.path, self.loaded, every, shutdown, move |path| {
+            let loaded = if path.exists() {
+                Accounts::load(path)
+            } else {
+                Ok(Accounts::default())
+            };
             match loaded {
-                Ok(Ok(accounts)) => {
+                Ok(accounts) => {
                     tracing::info!(
                         users = accounts.users.len(),
                         clients = accounts.clients.len(),
                         "accounts reloaded"
                     );
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(accounts);
+                    *current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(accounts);
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     tracing::error!(%error, "accounts file change refused; keeping the last good accounts")
                 }
-                Err(error) => tracing::error!(%error, "reading the accounts file failed"),
             }
-        }
+        })
+        .await
     }
 }
 

@@ -101,33 +101,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         mesh_config = %config.mesh_config,
         "parking-lot settings"
     );
-    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let mesh_config =
         mesh::MeshConfig::from_lists(&config.mesh_host, &config.mesh_config, &config.delivery_url)
             .map_err(|message| Error::DeliveryUrl {
                 url: config.delivery_url.clone(),
                 message,
-            })?
-            .with_tls(tls.as_ref().map(|t| t.client()));
-    let mesh_metrics = mesh::metrics::MeshMetrics::default();
-    let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
-    mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
+            })?;
     let credentials = parking_common::auth::ServiceCredentials::new(&config.client)?;
-    let delivery = delivery::GrpcDelivery::new(
-        mesh,
-        credentials,
-        Duration::from_millis(config.delivery_timeout_ms),
-    );
     let endpoints = Endpoints {
         name: "parking-lot",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
-        tls: tls.as_ref(),
+        tls: &config.tls,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
+    // Calls to delivery with the service's own certificate when mTLS is on.
+    let mesh_config = mesh_config.with_tls(host.tls().map(|t| t.client()));
+    let mesh_metrics = mesh::metrics::MeshMetrics::default();
+    let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
+    mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
+    let delivery = delivery::GrpcDelivery::new(
+        mesh,
+        credentials,
+        Duration::from_millis(config.delivery_timeout_ms),
+    );
     mesh_metrics.register(&mut host.registry);
     let store = store::Store::new(host.db.clone(), config.max_parking);
     host.relay(EventContext::ParkingLot);

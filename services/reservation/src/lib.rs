@@ -61,14 +61,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         booking_window_days = config.calendar.booking_window_days,
         "calendar"
     );
-    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let endpoints = Endpoints {
         name: "reservation",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
-        tls: tls.as_ref(),
+        tls: &config.tls,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;

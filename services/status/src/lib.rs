@@ -53,14 +53,13 @@ pub struct Config {
 
 /// Runs the service until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let tls = parking_common::tls::Tls::load(&config.tls).map_err(StartError::from)?;
     let endpoints = Endpoints {
         name: "status",
         listen: config.listen,
         database_url: &config.database_url,
         events: &config.events,
         auth: &config.auth,
-        tls: tls.as_ref(),
+        tls: &config.tls,
         metrics_listen: config.metrics_listen.0,
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown.clone()).await?;
