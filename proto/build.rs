@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "parking/v1/delivery.proto",
     "parking/v1/status.proto",
     "parking/v1/events.proto",
+    "parking/v1/community.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -77,9 +77,15 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("PARKING_BIN_DIR") {
         return dir.into();
     }
-    // target/<profile>/deps/<test binary> -> target/<profile>
+    // target/<profile>/deps/<test binary> -> target/<profile>; a binary of this crate
+    // (local-cluster) sits in target/<profile> itself.
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let dir = exe.parent().unwrap();
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A built binary with a clean environment, no stdin, killed when dropped.
@@ -797,7 +803,7 @@ impl Drop for Cluster {
                 }
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let js = jetstream::new(client);
-                    for context in ["reservation", "parkinglot", "delivery"] {
+                    for context in ["reservation", "parkinglot", "delivery", "community"] {
                         let _ = js
                             .delete_stream(format!("{namespace}_{context}").to_ascii_uppercase())
                             .await;
@@ -826,11 +832,14 @@ impl Drop for Cluster {
 }
 
 /// The gateway's test users: login and role. Each one's password is [`password_of`].
-pub const USERS: [(&str, &str); 4] = [
+pub const USERS: [(&str, &str); 6] = [
     ("3117", "employee"),
     ("6", "employee"),
     ("manager", "manager"),
     ("admin", "admin"),
+    // Residents: the community service's evening spaces, nothing of the company's.
+    ("rosa", "resident"),
+    ("ravi", "resident"),
 ];
 
 /// parking-lot's client id at the token endpoint (role service); its secret is

@@ -21,6 +21,9 @@ pub enum Role {
     /// A service of the system calling another on its own behalf (parking-lot's
     /// CancelDelivery): only the calls that list it.
     Service,
+    /// A local resident using the community service's evening spaces. Outside the
+    /// company's ranking: may read the lot's daily figures, never a member's reservations.
+    Resident,
 }
 
 impl Role {
@@ -30,16 +33,17 @@ impl Role {
             Role::Manager => "manager",
             Role::Admin => "admin",
             Role::Service => "service",
+            Role::Resident => "resident",
         }
     }
 
-    /// Rank among people's roles; `None` for a service.
+    /// Rank among the company's people; `None` for a service or a resident.
     fn rank(self) -> Option<u8> {
         match self {
             Role::Employee => Some(1),
             Role::Manager => Some(2),
             Role::Admin => Some(3),
-            Role::Service => None,
+            Role::Service | Role::Resident => None,
         }
     }
 }
@@ -52,8 +56,9 @@ impl std::str::FromStr for Role {
             "manager" => Ok(Role::Manager),
             "admin" => Ok(Role::Admin),
             "service" => Ok(Role::Service),
+            "resident" => Ok(Role::Resident),
             other => Err(format!(
-                "unknown role {other:?}: employee, manager, admin or service"
+                "unknown role {other:?}: employee, manager, admin, service or resident"
             )),
         }
     }
@@ -157,9 +162,22 @@ impl Caller {
         Ok(())
     }
 
+    /// Members' reservations are the company's people's business: services and residents
+    /// neither read nor act on them.
+    fn refuse_outsider(&self) -> Result<(), Status> {
+        self.refuse_service()?;
+        if self.role == Role::Resident {
+            return Err(Status::permission_denied(format!(
+                "{} is a resident: members' reservations are for the company's people",
+                self.subject
+            )));
+        }
+        Ok(())
+    }
+
     /// May this caller see member `member_id`'s reservations? Employees see their own.
     pub fn may_see(&self, member_id: i64) -> Result<(), Status> {
-        self.refuse_service()?;
+        self.refuse_outsider()?;
         match self.own_member()? {
             None => Ok(()),
             Some(own) if own == member_id => Ok(()),
@@ -172,7 +190,7 @@ impl Caller {
     /// May this caller apply or cancel for member `member_id`? Employees act for
     /// themselves, admins for anyone; managers look but do not act for others.
     pub fn may_act_for(&self, member_id: i64) -> Result<(), Status> {
-        self.refuse_service()?;
+        self.refuse_outsider()?;
         match (self.own_member()?, self.role) {
             (Some(own), _) if own == member_id => Ok(()),
             (Some(_), _) => Err(Status::permission_denied(
@@ -188,7 +206,7 @@ impl Caller {
     /// The member a list is narrowed to: an employee's own whatever they asked for (0
     /// meaning "all" becomes "mine"), anyone else's request as it came.
     pub fn list_scope(&self, requested: i64) -> Result<i64, Status> {
-        self.refuse_service()?;
+        self.refuse_outsider()?;
         match self.own_member()? {
             None => Ok(requested),
             Some(own) => {
@@ -255,6 +273,21 @@ mod tests {
         assert_eq!(code(s.may_see(6)), tonic::Code::PermissionDenied);
         assert_eq!(code(s.may_act_for(6)), tonic::Code::PermissionDenied);
         assert_eq!(code(s.list_scope(0)), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_resident_reads_the_lot_but_no_reservation() {
+        let r = user("rosa", Role::Resident);
+        assert_eq!(code(r.may_see(6)), tonic::Code::PermissionDenied);
+        assert_eq!(code(r.may_act_for(6)), tonic::Code::PermissionDenied);
+        assert_eq!(code(r.list_scope(0)), tonic::Code::PermissionDenied);
+        for role in [Role::Employee, Role::Manager, Role::Admin, Role::Service] {
+            assert_eq!(code(r.require(role, "x")), tonic::Code::PermissionDenied);
+        }
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(r.clone());
+        assert_eq!(Caller::of(&request).ok(), Some(r));
+        assert_eq!("resident".parse::<Role>(), Ok(Role::Resident));
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct Config {
     /// ReservationStatusService backend.
     #[arg(long, env = "STATUS_URL", default_value = "http://127.0.0.1:50054")]
     pub status_url: String,
+    /// CommunityParkingService backend (the community team's Python service; when it is
+    /// not running, its calls are UNAVAILABLE and nothing else changes).
+    #[arg(long, env = "COMMUNITY_URL", default_value = "http://127.0.0.1:50055")]
+    pub community_url: String,
     /// Calls per second allowed per client address (0: no limit).
     #[arg(long, env = "RATE_LIMIT_PER_ADDR", default_value_t = 200)]
     pub rate_limit_per_addr: u32,
@@ -266,6 +270,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             "/parking.v1.ReservationStatusService/{*method}",
             "status",
             &config.status_url,
+        ),
+        (
+            "/parking.v1.CommunityParkingService/{*method}",
+            "community",
+            &config.community_url,
         ),
     ];
     let lifetime = Duration::from_secs(config.token_lifetime_secs);
