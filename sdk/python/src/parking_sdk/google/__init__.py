@@ -1,0 +1,1 @@
+"""Generated google.api annotations that the parking protos import."""

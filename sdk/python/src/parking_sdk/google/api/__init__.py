@@ -1,0 +1,1 @@
+"""Generated from proto/google/api (HTTP annotations)."""
