@@ -17,7 +17,7 @@ if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; th
 fi
 
 cd sdk/python
-"$venv/bin/ruff" check src tests
-"$venv/bin/ruff" format --check src tests
+"$venv/bin/ruff" check src tests examples
+"$venv/bin/ruff" format --check src tests examples
 "$venv/bin/mypy"
 "$venv/bin/pytest" -q

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -117,3 +121,22 @@ def test_blocking_client_reserves_watches_and_raises_typed_errors(cluster: Local
             status_pb2.WatchReservationStatusRequest(reservation_id=ticket.id)
         ):
             pass
+
+
+def test_readme_example_reserves_a_ticket(cluster: LocalCluster, days: Days) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "reserve.py"
+    env = {
+        **os.environ,
+        "PARKING_GATEWAY": cluster.gateway_url,
+        "PARKING_PASSWORD": cluster.users["3117"].password,
+    }
+    done = subprocess.run(
+        [sys.executable, str(example), "3117", days.next()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ticket reserved: space" in done.stdout
