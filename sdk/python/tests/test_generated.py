@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,3 +112,28 @@ async def test_servicer_base_serves_and_errors_carry_the_retry_hint() -> None:
             assert got == ["b-1"]
     finally:
         await server.stop(None)
+
+
+IMPORTS = {
+    # googleapis-common-protos's google.api first, then the SDK, and the other way round:
+    # protobuf's descriptor pool refuses a second, different google/api/http.proto.
+    "theirs first": "import google.api.annotations_pb2, google.api.http_pb2\nimport parking_sdk",
+    "ours first": "import parking_sdk.v1.reservation_pb2\nimport google.api.annotations_pb2",
+    # Without googleapis-common-protos the SDK's own copy is used.
+    "ours alone": "import sys\nsys.modules['google.api'] = None\nimport parking_sdk",
+}
+
+
+@pytest.mark.parametrize("order", IMPORTS)
+def test_google_api_annotations_never_clash(order: str) -> None:
+    check = (
+        IMPORTS[order]
+        + "\nfrom parking_sdk.google.api import annotations_pb2"
+        + "\nfrom parking_sdk.v1 import reservation_pb2"
+        + "\nmethod = reservation_pb2.DESCRIPTOR.services_by_name['TicketReservationService']"
+        + ".methods_by_name['ReserveTicket']"
+        + "\nprint(method.GetOptions().Extensions[annotations_pb2.http].post, annotations_pb2.__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "/ticketReservations"
