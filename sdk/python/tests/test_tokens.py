@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from parking_sdk import Token, TokenError, TokenSource, connect
+from parking_sdk import Token, TokenError, TokenSource, Unauthenticated, connect
 from parking_sdk.testing import LocalCluster
 from parking_sdk.v1 import parking_lot_pb2
 
@@ -98,3 +98,39 @@ async def test_concurrent_callers_share_one_fetch(cluster: LocalCluster) -> None
     assert len(set(got)) == 1
     assert tokens.fetches == 1
     assert claims(got[0])["sub"] == "6"
+
+
+def test_client_credentials_grant_gives_a_program_its_token(cluster: LocalCluster) -> None:
+    # local-cluster's parking-lot account: the secret is in the file it gives the service.
+    secret = (cluster.folder / "parking-lot.secret").read_text().strip()
+    token = TokenSource.client_credentials(cluster.token_url, "parking-lot", secret).token()
+    assert claims(token)["sub"] == "client:parking-lot"
+    assert claims(token)["role"] == "service"
+
+    wrong = TokenSource.client_credentials(cluster.token_url, "parking-lot", "not-the-secret")
+    with pytest.raises(TokenError) as refused:
+        wrong.token()
+    assert refused.value.error == "invalid_client"
+    assert refused.value.http_status == 401
+
+
+class RefusedFirst(CountingSource):
+    """Hands out a token the servers refuse first (as after a key rotation), then real ones."""
+
+    def fetch(self) -> Token:
+        token = super().fetch()
+        if self.fetches == 1:
+            return Token("not.a-valid.token", expires_at=token.expires_at, obtained_at=token.obtained_at)
+        return token
+
+
+def test_a_refused_token_is_dropped_and_the_next_call_fetches_a_new_one(cluster: LocalCluster) -> None:
+    tokens = RefusedFirst.password(cluster.token_url, "rosa", cluster.users["rosa"].password)
+    assert isinstance(tokens, RefusedFirst)
+    request = parking_lot_pb2.GetDailyAvailabilityRequest(date="2026-12-24")
+    with connect(cluster.gateway, tokens) as gateway:
+        with pytest.raises(Unauthenticated):
+            gateway.parking_lot.GetDailyAvailability(request)
+        assert tokens.current is None
+        assert gateway.parking_lot.GetDailyAvailability(request).capacity == cluster.max_parking
+    assert tokens.fetches == 2

@@ -95,14 +95,19 @@ class LocalCluster:
         binary = self.binary or find_binary()
         stderr = self.stderr
         if stderr is None:
-            self._log = stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            [str(binary)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env={**os.environ, **self.env},
-        )
+            # Closed by stop(), which every failed start calls too.
+            self._log = stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                [str(binary)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env={**os.environ, **self.env},
+            )
+        except OSError as failed:
+            self.stop()
+            raise LocalClusterError(f"cannot run local-cluster {binary}: {failed}") from failed
         line = self._ready_line(self._process)
         try:
             self._info = json.loads(line)
@@ -139,6 +144,7 @@ class LocalCluster:
         """Closes local-cluster's stdin (its signal to clean up and exit) and waits for it."""
         process, self._process = self._process, None
         if process is None:
+            self._close_log()
             return
         if process.stdin is not None:
             process.stdin.close()
@@ -149,6 +155,9 @@ class LocalCluster:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
