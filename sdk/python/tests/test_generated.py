@@ -14,6 +14,7 @@ import grpc.aio
 import pytest
 
 import parking_sdk
+from parking_sdk.testing import LocalCluster
 from parking_sdk.v1 import community_pb2, community_pb2_grpc
 
 PACKAGE = Path(parking_sdk.__file__).resolve().parent
@@ -137,3 +138,34 @@ def test_google_api_annotations_never_clash(order: str) -> None:
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "/ticketReservations"
+
+
+async def test_gateway_routes_community_calls_to_a_servicer_built_on_the_sdk() -> None:
+    """What the community service does: a servicer on the SDK's base class, on the port
+    given to local-cluster as COMMUNITY_PORT, called through the gateway (async LocalCluster)."""
+    server = grpc.aio.server()
+    community_pb2_grpc.add_CommunityParkingServiceServicer_to_server(Offers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with LocalCluster(env={"COMMUNITY_PORT": str(port)}) as cluster:
+            assert cluster.community_port == port
+            async with cluster.aio_connect("rosa") as gateway:
+                offers = await gateway.community.ListEveningOffers(
+                    community_pb2.ListEveningOffersRequest(from_date="2026-12-01", days=1)
+                )
+                assert [offer.date for offer in offers.offers] == ["2026-12-01"]
+                with pytest.raises(parking_sdk.Unavailable) as unavailable:
+                    await gateway.community.BookEveningSpace(
+                        community_pb2.BookEveningSpaceRequest(date="2026-12-01")
+                    )
+                assert unavailable.value.retry_after == 7
+                got = []
+                with pytest.raises(parking_sdk.NotFound):
+                    async for booking in gateway.community.WatchEveningBooking(
+                        community_pb2.WatchEveningBookingRequest(booking_id="b-2")
+                    ):
+                        got.append(booking.booking_id)
+                assert got == ["b-2"]
+    finally:
+        await server.stop(None)
