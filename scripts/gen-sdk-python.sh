@@ -10,12 +10,13 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 out="${1:-sdk/python/src/parking_sdk}"
 
-# The generator's pins; the SDK's own runtime pins live in sdk/python/pyproject.toml.
+# The generator's pins (also in sdk/python/pyproject.toml's dev extra, so the venv that
+# scripts/test-sdk-python.sh keeps already has them and the two scripts share it).
 pins=(grpcio-tools==1.85.1 grpcio==1.85.1 protobuf==7.36.2 mypy-protobuf==5.1.0)
-venv="${SDK_GEN_VENV:-$repo/var/sdk-gen-venv}"
-stamp="$venv/.pins"
+venv="${SDK_VENV:-$repo/var/sdk-venv}"
+stamp="$venv/.generator-pins"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]]; then
-  python3 -m venv "$venv"
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "${pins[@]}"
   echo "${pins[*]}" >"$stamp"
 fi

@@ -11,11 +11,13 @@ venv="${SDK_VENV:-$repo/var/sdk-venv}"
 stamp="$venv/.stamp"
 want="$(cat sdk/python/pyproject.toml proto/VERSION | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  python3 -m venv "$venv"
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet -e "sdk/python[dev]"
   echo "$want" >"$stamp"
 fi
 
+# The staleness test runs scripts/gen-sdk-python.sh, which uses this venv too.
+export SDK_VENV="$venv"
 cd sdk/python
 "$venv/bin/ruff" check src tests examples
 "$venv/bin/ruff" format --check src tests examples
