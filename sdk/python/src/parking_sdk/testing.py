@@ -131,6 +131,8 @@ class LocalCluster:
             if code is None:
                 raise LocalClusterError(f"local-cluster not ready after {self.ready_timeout} s{logs}")
             raise LocalClusterError(f"local-cluster exited with {code} before it was ready{logs}")
+        # Whatever it prints later is read and dropped, so a full pipe never blocks it.
+        threading.Thread(target=stdout.read, daemon=True).start()
         return lines[0].decode()
 
     def _log_tail(self, size: int = 4000) -> str:
