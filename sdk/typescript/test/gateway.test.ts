@@ -1,0 +1,138 @@
+// The SDK against a real gateway and real services (local-cluster) over gRPC-Web.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  Code,
+  ReservationStage,
+  ReservationState,
+  TokenError,
+  TokenSource,
+  isAlreadyExists,
+  isPermissionDenied,
+  isUnauthenticated,
+  codeOf,
+} from "../src/index.js";
+import { clientsFor, cluster, dayAhead, tokensFor } from "./cluster.js";
+
+const MEMBER = 3117n;
+
+function claims(jwt: string): Record<string, unknown> {
+  const payload = jwt.split(".")[1];
+  assert.ok(payload, "a JWT has three parts");
+  return JSON.parse(Buffer.from(payload, "base64url").toString()) as Record<string, unknown>;
+}
+
+describe("tokens", () => {
+  test("the password grant gives a member's token", async () => {
+    const token = await tokensFor("3117").token();
+    const c = claims(token);
+    assert.equal(c["sub"], "3117");
+    assert.equal(c["role"], "employee");
+  });
+
+  test("a wrong password is a TokenError with the OAuth2 error, not a token", async () => {
+    const tokens = new TokenSource({
+      tokenUrl: cluster().token_url,
+      grant: { type: "password", username: "3117", password: "not-the-password" },
+    });
+    await assert.rejects(tokens.token(), (e: unknown) => e instanceof TokenError && e.error === "invalid_grant");
+  });
+
+  test("client_credentials with an unknown client is refused as invalid_client", async () => {
+    const tokens = new TokenSource({
+      tokenUrl: cluster().token_url,
+      grant: { type: "client_credentials", clientId: "no-such-service", clientSecret: "wrong" },
+    });
+    await assert.rejects(tokens.token(), (e: unknown) => e instanceof TokenError && e.error === "invalid_client");
+  });
+
+  test("a token near its expiry is refreshed once, however many callers ask", async () => {
+    let now = Date.now();
+    let requests = 0;
+    const counted: typeof fetch = (input, init) => {
+      requests += 1;
+      return fetch(input, init);
+    };
+    const tokens = tokensFor("3117", { now: () => now, fetch: counted, refreshBeforeExpirySeconds: 30 });
+    const first = await tokens.token();
+    const lifetime = (claims(first)["exp"] as number) - (claims(first)["iat"] as number);
+    assert.ok(lifetime > 60, `token lifetime ${lifetime}s`);
+    assert.equal(await tokens.token(), first, "a fresh token is reused");
+    assert.equal(requests, 1);
+
+    // The clock says 20 s are left: inside the 30 s margin.
+    now += (lifetime - 20) * 1000;
+    const again = await Promise.all([tokens.token(), tokens.token(), tokens.token(), tokens.token()]);
+    assert.equal(requests, 2, "concurrent callers share one refresh");
+    assert.ok(again.every((t) => t === again[0]));
+
+    // Every call asks the source, so the transport sends the refreshed token: the call works.
+    const { parkingLot } = clientsFor(tokens);
+    const day = dayAhead(6);
+    const availability = await parkingLot.getDailyAvailability({ date: day });
+    assert.equal(availability.date, day);
+    assert.equal(requests, 2);
+  });
+});
+
+describe("reservations over gRPC-Web", () => {
+  test("a member reserves a ticket and watches it until OCCUPIED", async () => {
+    const { reservations, status } = clientsFor(tokensFor("3117"));
+    const day = dayAhead(3);
+    const reserved = await reservations.reserveTicket({ memberId: MEMBER, reservationDate: day, requestId: crypto.randomUUID() });
+    assert.equal(reserved.memberId, MEMBER);
+    assert.equal(reserved.reservationDate, day);
+    assert.equal(reserved.state, ReservationState.REQUESTED);
+
+    const stages: ReservationStage[] = [];
+    // Leaving the loop does not end a Connect stream: aborting does (and bounds the wait).
+    const watching = new AbortController();
+    const timer = setTimeout(() => watching.abort(new Error("no OCCUPIED within 20 s")), 20_000);
+    const signal = watching.signal;
+    try {
+      for await (const update of status.watchReservationStatus({ reservationId: reserved.id }, { signal })) {
+        assert.equal(update.reservationId, reserved.id);
+        stages.push(update.stage);
+        if (update.stage === ReservationStage.STAGE_OCCUPIED) {
+          assert.ok(update.parkingLotId > 0n, "an occupied reservation names its allocation");
+          break;
+        }
+        // Stages only go forward; past OCCUPIED (a fast delivery) is a failure of this watch.
+        assert.ok(
+          update.stage < ReservationStage.STAGE_OCCUPIED,
+          `stage ${ReservationStage[update.stage]} before OCCUPIED was seen`,
+        );
+      }
+    } finally {
+      clearTimeout(timer);
+      watching.abort();
+    }
+    assert.equal(stages.at(-1), ReservationStage.STAGE_OCCUPIED, `stages seen: ${stages.map((s) => ReservationStage[s]).join(", ")}`);
+  });
+
+  test("a second ticket for the same member and day is ALREADY_EXISTS", async () => {
+    const { reservations } = clientsFor(tokensFor("3117"));
+    const day = dayAhead(4);
+    await reservations.reserveTicket({ memberId: MEMBER, reservationDate: day, requestId: crypto.randomUUID() });
+    const second = reservations.reserveTicket({ memberId: MEMBER, reservationDate: day, requestId: crypto.randomUUID() });
+    await assert.rejects(second, (e: unknown) => isAlreadyExists(e));
+  });
+
+  test("a call without a token is UNAUTHENTICATED", async () => {
+    const { reservations } = clientsFor(undefined);
+    const call = reservations.reserveTicket({ memberId: MEMBER, reservationDate: dayAhead(5), requestId: crypto.randomUUID() });
+    await assert.rejects(call, (e: unknown) => isUnauthenticated(e));
+  });
+
+  test("a resident may read the lot's availability but not reservations: PERMISSION_DENIED", async () => {
+    const { reservations, parkingLot } = clientsFor(tokensFor("rosa"));
+    const day = dayAhead(5);
+    const availability = await parkingLot.getDailyAvailability({ date: day });
+    assert.equal(availability.capacity, cluster().max_parking);
+    await assert.rejects(reservations.listReservations({ memberId: MEMBER }), (e: unknown) => isPermissionDenied(e));
+    await assert.rejects(
+      reservations.reserveTicket({ memberId: MEMBER, reservationDate: day, requestId: crypto.randomUUID() }),
+      (e: unknown) => codeOf(e) === Code.PermissionDenied,
+    );
+  });
+});
