@@ -93,21 +93,24 @@ describe("reservations over gRPC-Web", () => {
       for await (const update of status.watchReservationStatus({ reservationId: reserved.id }, { signal })) {
         assert.equal(update.reservationId, reserved.id);
         stages.push(update.stage);
-        if (update.stage === ReservationStage.STAGE_OCCUPIED) {
+        // The watch sends the current status whenever it changes, so a delivery ordered at
+        // once may already stand past OCCUPIED; the history must still hold the Occupied.
+        if (update.stage >= ReservationStage.STAGE_OCCUPIED) {
+          assert.notEqual(update.stage, ReservationStage.STAGE_FULLY_OCCUPIED, "the day had free spaces");
+          assert.ok(update.history.some((e) => e.stage === ReservationStage.STAGE_OCCUPIED && e.eventType === "Occupied"));
           assert.ok(update.parkingLotId > 0n, "an occupied reservation names its allocation");
           break;
         }
-        // Stages only go forward; past OCCUPIED (a fast delivery) is a failure of this watch.
-        assert.ok(
-          update.stage < ReservationStage.STAGE_OCCUPIED,
-          `stage ${ReservationStage[update.stage]} before OCCUPIED was seen`,
-        );
       }
     } finally {
       clearTimeout(timer);
       watching.abort();
     }
-    assert.equal(stages.at(-1), ReservationStage.STAGE_OCCUPIED, `stages seen: ${stages.map((s) => ReservationStage[s]).join(", ")}`);
+    const last = stages.at(-1);
+    assert.ok(
+      last === ReservationStage.STAGE_OCCUPIED || last === ReservationStage.STAGE_DELIVERY_REQUESTED,
+      `stages seen: ${stages.map((s) => ReservationStage[s]).join(", ")}`,
+    );
   });
 
   test("a second ticket for the same member and day is ALREADY_EXISTS", async () => {
