@@ -11,6 +11,8 @@ import {
   isPermissionDenied,
   isUnauthenticated,
   codeOf,
+  createGatewayTransport,
+  createParkingClients,
 } from "../src/index.js";
 import { clientsFor, cluster, dayAhead, tokensFor } from "./cluster.js";
 
@@ -137,5 +139,53 @@ describe("reservations over gRPC-Web", () => {
       reservations.reserveTicket({ memberId: MEMBER, reservationDate: day, requestId: crypto.randomUUID() }),
       (e: unknown) => codeOf(e) === Code.PermissionDenied,
     );
+  });
+});
+
+describe("browsers", () => {
+  test("the gateway's CORS lets a page on another origin send what the transport sends", async () => {
+    const sent: string[] = [];
+    const recording: typeof fetch = (input, init) => {
+      new Headers(init?.headers).forEach((_, name) => sent.push(name));
+      return fetch(input, init);
+    };
+    const { gateway_url } = cluster();
+    const transport = createGatewayTransport({ baseUrl: gateway_url, tokens: tokensFor("rosa"), fetch: recording });
+    await createParkingClients(transport).parkingLot.getDailyAvailability({ date: dayAhead(7) }, { timeoutMs: 5_000 });
+    assert.ok(sent.includes("authorization") && sent.includes("x-grpc-web"), `sent: ${sent.join(", ")}`);
+
+    const origin = "http://app.example.test";
+    const preflight = await fetch(`${gateway_url}/parking.v1.ParkingLotService/GetDailyAvailability`, {
+      method: "OPTIONS",
+      headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": sent.join(",") },
+    });
+    assert.ok(preflight.ok, `preflight: HTTP ${preflight.status}`);
+    assert.ok(["*", origin].includes(preflight.headers.get("access-control-allow-origin") ?? ""));
+    const allowed = (preflight.headers.get("access-control-allow-headers") ?? "").toLowerCase().split(/\s*,\s*/);
+    for (const name of sent) assert.ok(allowed.includes(name), `header ${name} not allowed: ${allowed.join(", ")}`);
+
+    // An error comes back in headers only (trailers-only); the page must be able to read it.
+    const refused = await fetch(`${gateway_url}/parking.v1.TicketReservationService/ListReservations`, {
+      method: "POST",
+      headers: { origin, "content-type": "application/grpc-web+proto", "x-grpc-web": "1" },
+      body: new Uint8Array([0, 0, 0, 0, 0]),
+    });
+    const exposed = (refused.headers.get("access-control-expose-headers") ?? "").toLowerCase();
+    assert.ok(exposed.includes("grpc-status") && exposed.includes("grpc-message"), `exposed: ${exposed}`);
+    assert.equal(refused.headers.get("grpc-status"), String(Code.Unauthenticated));
+  });
+});
+
+describe("community", () => {
+  test("community calls take the gateway's community route: UNAVAILABLE while no community service runs", async () => {
+    // local-cluster leaves the community service to its caller (COMMUNITY_PORT); none runs here.
+    const { community } = clientsFor(tokensFor("rosa"));
+    const watch = async (): Promise<void> => {
+      for await (const booking of community.watchEveningBooking({ bookingId: "no-such-booking" }, { timeoutMs: 10_000 })) {
+        assert.fail(`no community service runs, yet a booking came: ${booking.bookingId}`);
+      }
+    };
+    await assert.rejects(watch(), (e: unknown) => codeOf(e) === Code.Unavailable);
+    await assert.rejects(community.listEveningOffers({}, { timeoutMs: 10_000 }), (e: unknown) => codeOf(e) === Code.Unavailable);
   });
 });
