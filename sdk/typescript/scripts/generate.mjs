@@ -4,7 +4,7 @@
 // `node scripts/generate.mjs --out DIR` writes the same files under DIR instead and
 // leaves package.json alone: the stale check in test/generated.test.ts compares them.
 import { execFileSync } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -20,6 +20,9 @@ if (!/^\d+\.\d+\.\d+$/.test(version)) {
 
 // buf and protoc-gen-es come from node_modules (pinned in package-lock.json).
 const bin = join(sdk, "node_modules", ".bin");
+if (!existsSync(join(bin, "buf")) || !existsSync(join(bin, "protoc-gen-es"))) {
+  throw new Error("buf or protoc-gen-es is not installed: run `npm ci` in sdk/typescript first");
+}
 rmSync(join(out, "src", "gen"), { recursive: true, force: true });
 execFileSync(join(bin, "buf"), ["generate", proto, "--template", join(sdk, "buf.gen.yaml"), "--output", out], {
   cwd: sdk,
