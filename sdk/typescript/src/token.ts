@@ -38,6 +38,7 @@ interface Cached {
   accessToken: string;
   /** When to ask for the next one (ms since the epoch). */
   refreshAt: number;
+  expiresAt: number;
 }
 
 export class TokenSource {
@@ -54,11 +55,15 @@ export class TokenSource {
     this.grant = options.grant;
     this.marginMs = (options.refreshBeforeExpirySeconds ?? 30) * 1000;
     this.now = options.now ?? Date.now;
-    // Bound, so that a browser's fetch is not called with another `this`.
-    this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    // Called as a plain function: a browser's fetch refuses any other `this`.
+    const fetch = options.fetch ?? globalThis.fetch;
+    this.fetch = (input, init) => fetch(input, init);
   }
 
-  /** A token valid for at least the refresh margin: the cached one, or a new one. */
+  /**
+   * The cached token while it is not near its expiry, else a new one. When the endpoint
+   * fails, the old token is returned as long as it has not expired, else the error.
+   */
   async token(): Promise<string> {
     const cached = this.cached;
     if (cached !== undefined && this.now() < cached.refreshAt) {
@@ -69,7 +74,13 @@ export class TokenSource {
         this.pending = undefined;
       });
     }
-    return (await this.pending).accessToken;
+    try {
+      return (await this.pending).accessToken;
+    } catch (error) {
+      // The endpoint failed while the old token still holds: use it, ask again next call.
+      if (cached !== undefined && this.now() < cached.expiresAt) return cached.accessToken;
+      throw error;
+    }
   }
 
   /** Forget the cached token, e.g. after the gateway refused it. */
@@ -118,7 +129,11 @@ export class TokenSource {
     // Counted from when we asked, so time spent on the way only makes us refresh earlier;
     // a lifetime shorter than twice the margin is refreshed at its half.
     const lifetimeMs = expiresIn * 1000;
-    this.cached = { accessToken, refreshAt: asked + Math.max(lifetimeMs - this.marginMs, lifetimeMs / 2) };
+    this.cached = {
+      accessToken,
+      refreshAt: asked + Math.max(lifetimeMs - this.marginMs, lifetimeMs / 2),
+      expiresAt: asked + lifetimeMs,
+    };
     return this.cached;
   }
 }

@@ -75,6 +75,28 @@ describe("tokens", () => {
     assert.equal(availability.date, day);
     assert.equal(requests, 2);
   });
+  test("a failed refresh keeps the old token while it holds, and is retried on the next call", async () => {
+    let now = Date.now();
+    let requests = 0;
+    let endpointDown = false;
+    const flaky: typeof fetch = (input, init) => {
+      requests += 1;
+      return endpointDown ? Promise.reject(new TypeError("fetch failed")) : fetch(input, init);
+    };
+    const tokens = tokensFor("3117", { now: () => now, fetch: flaky, refreshBeforeExpirySeconds: 30 });
+    const first = await tokens.token();
+    const lifetime = (claims(first)["exp"] as number) - (claims(first)["iat"] as number);
+
+    endpointDown = true;
+    now += (lifetime - 20) * 1000;
+    assert.equal(await tokens.token(), first, "20 s left: the old token is still good");
+    now += 25_000;
+    await assert.rejects(tokens.token(), (e: unknown) => e instanceof TokenError && e.status === 0);
+    endpointDown = false;
+    const renewed = await tokens.token();
+    assert.equal(requests, 4);
+    assert.equal(claims(renewed)["sub"], "3117");
+  });
 });
 
 describe("reservations over gRPC-Web", () => {

@@ -47,7 +47,8 @@ const files = readdirSync(here)
   .filter((name) => name.endsWith(".test.js"))
   .sort()
   .map((name) => join(here, name));
-const tests = spawn(process.execPath, ["--test", ...files], {
+// A hung call fails its test instead of the run.
+const tests = spawn(process.execPath, ["--test", "--test-timeout=60000", ...files], {
   stdio: "inherit",
   env: { ...process.env, PARKING_CLUSTER: ready },
 });
