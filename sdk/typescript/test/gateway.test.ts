@@ -68,13 +68,17 @@ describe("tokens", () => {
     assert.equal(requests, 2, "concurrent callers share one refresh");
     assert.ok(again.every((t) => t === again[0]));
 
-    // Every call asks the source, so the transport sends the refreshed token: the call works.
+    // The transport asks the source on every call: one near its expiry makes it fetch a
+    // new token, and the call goes out with that one.
     const { parkingLot } = clientsFor(tokens);
     const day = dayAhead(6);
-    const availability = await parkingLot.getDailyAvailability({ date: day });
-    assert.equal(availability.date, day);
+    assert.equal((await parkingLot.getDailyAvailability({ date: day })).date, day);
     assert.equal(requests, 2);
+    now += (lifetime - 20) * 1000;
+    assert.equal((await parkingLot.getDailyAvailability({ date: day })).date, day);
+    assert.equal(requests, 3, "the call's token was refreshed first");
   });
+
   test("a failed refresh keeps the old token while it holds, and is retried on the next call", async () => {
     let now = Date.now();
     let requests = 0;
