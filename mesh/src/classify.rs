@@ -95,13 +95,23 @@ pub fn code_for_http(status: http::StatusCode) -> Code {
 /// Reads the whole (unary) response body with its trailers, records the outcome in the
 /// response's extensions and gives back an equivalent response.
 pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Body>, BoxError> {
-    let (mut parts, body) = response.into_parts();
-    let collected = body
-        .collect()
-        .await
-        .map_err(|e| -> BoxError { Box::new(e) })?;
-    let trailers = collected.trailers().cloned();
-    let data = collected.to_bytes();
+    let (mut parts, mut body) = response.into_parts();
+    // Read frame by frame rather than `collect()`: a unary answer is one DATA frame, kept
+    // as it came (no copy), and the trailers are taken, not cloned. This path runs on
+    // every unary call, so its allocations are the mesh's overhead.
+    let mut data = Buffered::default();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| -> BoxError { Box::new(e) })?;
+        match frame.into_data() {
+            Ok(chunk) => data.push(chunk),
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
     let in_trailers = trailers.as_ref().and_then(grpc_status);
     if in_trailers.is_none() && grpc_status(&parts.headers).is_some() {
         parts.extensions.insert(StatusInHeaders);
@@ -112,8 +122,38 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
     parts.extensions.insert(Classified(outcome));
     Ok(http::Response::from_parts(
         parts,
-        replay_body(data, trailers),
+        replay_body(data.into_bytes(), trailers),
     ))
+}
+
+/// The DATA of a buffered answer: the one chunk as it came, joined only when there are more.
+#[derive(Default)]
+struct Buffered {
+    first: Bytes,
+    more: Option<bytes::BytesMut>,
+}
+
+impl Buffered {
+    fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        if self.first.is_empty() && self.more.is_none() {
+            self.first = chunk;
+            return;
+        }
+        let joined = self
+            .more
+            .get_or_insert_with(|| bytes::BytesMut::from(&self.first[..]));
+        joined.extend_from_slice(&chunk);
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.more {
+            Some(joined) => joined.freeze(),
+            None => self.first,
+        }
+    }
 }
 
 /// Marks an answer whose grpc-status came in its headers (trailers-only), the only place
@@ -164,16 +204,40 @@ pub fn replay_body(data: Bytes, trailers: Option<HeaderMap>) -> Body {
     if data.is_empty() && trailers.is_none() {
         return Body::empty();
     }
-    let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = Vec::with_capacity(2);
-    if !data.is_empty() {
-        frames.push(Ok(Frame::data(data)));
+    Body::new(Replayed {
+        data: (!data.is_empty()).then_some(data),
+        trailers,
+    })
+}
+
+/// What [`replay_body`] sends: its data, then its trailers.
+struct Replayed {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match self.data.take() {
+            Some(data) => Some(Ok(Frame::data(data))),
+            None => self.trailers.take().map(|t| Ok(Frame::trailers(t))),
+        };
+        std::task::Poll::Ready(frame)
     }
-    if let Some(t) = trailers {
-        frames.push(Ok(Frame::trailers(t)));
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
     }
-    Body::new(http_body_util::StreamBody::new(futures::stream::iter(
-        frames,
-    )))
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 /// A trailers-only gRPC response carrying `code` (what Envoy sends for a fault abort).

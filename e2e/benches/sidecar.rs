@@ -1,0 +1,216 @@
+//! The mesh against the sidecar it replaces (run: `make bench`, or `cargo bench -p
+//! parking-e2e --bench sidecar`; the pinned Envoy comes from scripts/tools.sh).
+//!
+//! One tonic server answering health Check at once, three ways to call it in the same run:
+//! a plain tonic channel (the baseline, 1.00), the in-process mesh with the bench policy,
+//! and a real Envoy (one worker, as an Istio sidecar runs) configured from the same policy
+//! by the conformance harness's translator. Istio puts two such hops on every call (the
+//! client's and the server's sidecar); this measures one.
+//!
+//! - One call at a time, interleaved call by call (plain, mesh, Envoy, plain, ...), so drift
+//!   and stalls hit all three alike: p50 and p99 and their ratios to plain.
+//! - 16 and 64 calls in flight, closed loop, in alternating rounds: throughput and its ratio
+//!   to plain (median of the per-round ratios).
+//!
+//! Goals (issue 11): mesh p50 and p99 <= 1.05x plain at one in flight, throughput >= 0.95x at
+//! 16 and 64 in flight.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mesh::endpoint::EndpointAddr;
+use mesh::metrics::MeshMetrics;
+use mesh::{MeshClient, MeshConfig};
+use parking_e2e::envoy::Envoy;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const POLICY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench}
+spec:
+  host: bench
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 1000, http1MaxPendingRequests: 1000}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  http:
+  - timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "unavailable,connect-failure"}
+    route:
+    - destination: {host: bench}
+"#;
+
+async fn server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    port
+}
+
+#[derive(Clone)]
+enum Client {
+    Plain(HealthClient<Channel>),
+    Mesh(HealthClient<MeshClient>),
+}
+
+impl Client {
+    async fn call(&mut self) {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        match self {
+            Client::Plain(c) => drop(c.check(request).await.unwrap()),
+            Client::Mesh(c) => drop(c.check(request).await.unwrap()),
+        }
+    }
+}
+
+/// Time for `calls` calls, `in_flight` at a time.
+async fn closed_loop(client: &Client, calls: usize, in_flight: usize) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..calls / in_flight {
+                    client.call().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = parking_e2e::envoy::temp_dir("sidecar-bench");
+    let port = server().await;
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, POLICY).unwrap();
+    let endpoints = vec![EndpointAddr::parse(&format!("http://127.0.0.1:{port}")).unwrap()];
+    let config = MeshConfig {
+        host: "bench".into(),
+        files: vec![file],
+        endpoints: endpoints.clone(),
+        tls: None,
+    };
+    let policy = config.policy().unwrap();
+    let envoy = Envoy::start(&policy, &endpoints).await;
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut clients = [
+        ("plain tonic", Client::Plain(HealthClient::new(plain))),
+        (
+            "mesh",
+            Client::Mesh(HealthClient::new(
+                MeshClient::load(&config, &MeshMetrics::default()).unwrap(),
+            )),
+        ),
+        (
+            "Envoy sidecar",
+            Client::Plain(HealthClient::new(envoy.channel().await)),
+        ),
+    ];
+    for (_, client) in &clients {
+        closed_loop(client, 4_000, 4).await;
+    }
+
+    let calls = 20_000;
+    println!("one call at a time ({calls} calls each, interleaved; ratio to plain tonic)");
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::with_capacity(calls); clients.len()];
+    for _ in 0..calls {
+        for (i, (_, client)) in clients.iter_mut().enumerate() {
+            let t = Instant::now();
+            client.call().await;
+            latencies[i].push(t.elapsed());
+        }
+    }
+    for l in &mut latencies {
+        l.sort();
+    }
+    let base = (
+        percentile(&latencies[0], 0.5),
+        percentile(&latencies[0], 0.99),
+    );
+    for (i, (name, _)) in clients.iter().enumerate() {
+        let (p50, p99) = (
+            percentile(&latencies[i], 0.5),
+            percentile(&latencies[i], 0.99),
+        );
+        println!(
+            "  {name:<14} p50 {p50:>9.1?} ({:.3}x)  p99 {p99:>9.1?} ({:.3}x){}",
+            p50.as_secs_f64() / base.0.as_secs_f64(),
+            p99.as_secs_f64() / base.1.as_secs_f64(),
+            if *name == "mesh" {
+                "  goal <= 1.05x"
+            } else {
+                ""
+            }
+        );
+    }
+
+    for in_flight in [16, 64] {
+        let calls = 6_400;
+        let rounds = 9;
+        let mut totals = vec![Duration::ZERO; clients.len()];
+        let mut ratios = vec![Vec::new(); clients.len()];
+        for _ in 0..rounds {
+            let times: Vec<Duration> = {
+                let mut t = Vec::new();
+                for (_, client) in &clients {
+                    t.push(closed_loop(client, calls, in_flight).await);
+                }
+                t
+            };
+            for (i, time) in times.iter().enumerate() {
+                totals[i] += *time;
+                ratios[i].push(times[0].as_secs_f64() / time.as_secs_f64());
+            }
+        }
+        println!("{in_flight} in flight (closed loop, {rounds} alternating rounds of {calls} calls; throughput ratio to plain, median of rounds)");
+        for (i, (name, _)) in clients.iter().enumerate() {
+            println!(
+                "  {name:<14} {:>8.0} calls/s ({:.3}x){}",
+                (calls * rounds) as f64 / totals[i].as_secs_f64(),
+                median(ratios[i].clone()),
+                if *name == "mesh" {
+                    "  goal >= 0.95x"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,252 @@
+//! Where the mesh's time goes, layer by layer (run: `cargo bench -p mesh --bench layers`).
+//!
+//! The same unary call (health Check over loopback) through stacks that grow by one layer
+//! at a time, from a plain tonic channel to the whole [`mesh::MeshClient`], interleaved call
+//! by call so the machine's drift hits every stack alike. For each stack it prints the
+//! latency percentiles as ratios to the plain channel, and the runtime's worker wake-ups
+//! (thread unparks) and parks per call: a layer that adds a wake-up shows as +1 there.
+#![allow(clippy::unwrap_used)]
+
+use mesh::endpoint::{Endpoint, EndpointAddr};
+use mesh::metrics::MeshMetrics;
+use mesh::{MeshClient, MeshConfig, MeshService};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tower::Layer;
+
+static UNPARKS: AtomicU64 = AtomicU64::new(0);
+static PARKS: AtomicU64 = AtomicU64::new(0);
+
+const POLICY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bench}
+spec:
+  host: bench
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 1000, http1MaxPendingRequests: 1000}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [bench]
+  http:
+  - timeout: 5s
+    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "unavailable,connect-failure"}
+    route:
+    - destination: {host: bench}
+"#;
+
+async fn server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    port
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+enum Client {
+    Plain(HealthClient<Channel>),
+    Layered(HealthClient<MeshService>),
+    Mesh(HealthClient<MeshClient>),
+}
+
+impl Client {
+    async fn call(&mut self) {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        match self {
+            Client::Plain(c) => drop(c.check(request).await.unwrap()),
+            Client::Layered(c) => drop(c.check(request).await.unwrap()),
+            Client::Mesh(c) => drop(c.check(request).await.unwrap()),
+        }
+    }
+}
+
+async fn bench() {
+    let dir = std::env::temp_dir().join(format!("mesh-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = server().await;
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, POLICY).unwrap();
+    let addr = EndpointAddr::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let config = MeshConfig {
+        host: "bench".into(),
+        files: vec![file],
+        endpoints: vec![addr.clone()],
+        tls: None,
+    };
+    let policy = config.policy().unwrap();
+    let route = &policy.routes[0];
+    let traffic = policy.destination(&None, &config.endpoints).traffic;
+    let metrics = MeshMetrics::default();
+
+    let plain = Channel::from_shared(addr.uri.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Each stack over its own connection, as each mesh client has.
+    let endpoint = || Endpoint::new("bench", &addr, None, None).unwrap();
+    let balanced = || {
+        mesh::outlier::Balancer::new(
+            "bench",
+            vec![endpoint()],
+            traffic.outlier,
+            traffic.pick,
+            metrics.clone(),
+        )
+    };
+    let pooled =
+        || mesh::pool::PoolLayer::layer("bench", traffic.pool, metrics.clone()).layer(balanced());
+    let retried = || {
+        mesh::retry::RetryLayer::layer("bench", route.retry.clone(), metrics.clone())
+            .layer(MeshService::new(pooled()))
+    };
+    let retried_with = |config: mesh::retry::Config| {
+        mesh::retry::RetryLayer::layer("bench", config, metrics.clone())
+            .layer(MeshService::new(pooled()))
+    };
+    let timed = || mesh::timeout::TimeoutLayer::layer(route.timeout).layer(retried());
+    let mut stacks: Vec<(&str, Client)> = vec![
+        (
+            "plain tonic channel",
+            Client::Plain(HealthClient::new(plain)),
+        ),
+        (
+            "endpoint (buffer + classify)",
+            Client::Layered(HealthClient::new(MeshService::new(endpoint()))),
+        ),
+        (
+            "+ outlier balancer",
+            Client::Layered(HealthClient::new(MeshService::new(balanced()))),
+        ),
+        (
+            "+ pool",
+            Client::Layered(HealthClient::new(MeshService::new(pooled()))),
+        ),
+        (
+            "+ retry, attempts 0",
+            Client::Layered(HealthClient::new(MeshService::new(retried_with(
+                mesh::retry::Config {
+                    attempts: 0,
+                    per_try_timeout: None,
+                    ..route.retry.clone()
+                },
+            )))),
+        ),
+        (
+            "+ retry, no perTryTimeout",
+            Client::Layered(HealthClient::new(MeshService::new(retried_with(
+                mesh::retry::Config {
+                    per_try_timeout: None,
+                    ..route.retry.clone()
+                },
+            )))),
+        ),
+        (
+            "+ retry",
+            Client::Layered(HealthClient::new(MeshService::new(retried()))),
+        ),
+        (
+            "+ timeout",
+            Client::Layered(HealthClient::new(MeshService::new(timed()))),
+        ),
+        (
+            "whole MeshClient (+ route)",
+            Client::Mesh(HealthClient::new(
+                MeshClient::load(&config, &metrics).unwrap(),
+            )),
+        ),
+    ];
+    // LAYERS_ONLY=<row>: that stack alone (for a profiler such as callgrind), LAYERS_CALLS calls.
+    if let Ok(only) = std::env::var("LAYERS_ONLY") {
+        let row: usize = only.parse().unwrap();
+        let stack = stacks.swap_remove(row);
+        stacks = vec![stack];
+    }
+    let rounds: usize = std::env::var("LAYERS_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    for (_, client) in &mut stacks {
+        for _ in 0..2_000.min(rounds) {
+            client.call().await;
+        }
+    }
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); stacks.len()];
+    let mut wakes = vec![(0u64, 0u64); stacks.len()];
+    for _ in 0..rounds {
+        for (i, (_, client)) in stacks.iter_mut().enumerate() {
+            let (u, p) = (
+                UNPARKS.load(Ordering::Relaxed),
+                PARKS.load(Ordering::Relaxed),
+            );
+            let t = Instant::now();
+            client.call().await;
+            latencies[i].push(t.elapsed());
+            wakes[i].0 += UNPARKS.load(Ordering::Relaxed) - u;
+            wakes[i].1 += PARKS.load(Ordering::Relaxed) - p;
+        }
+    }
+    for l in &mut latencies {
+        l.sort();
+    }
+    println!(
+        "one call at a time through stacks growing by a layer ({rounds} calls each, interleaved)"
+    );
+    println!(
+        "  {:<30} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7}",
+        "stack", "p50", "p99", "p50 x", "p99 x", "unparks", "parks"
+    );
+    let (base50, base99) = (
+        percentile(&latencies[0], 0.5),
+        percentile(&latencies[0], 0.99),
+    );
+    for (i, (name, _)) in stacks.iter().enumerate() {
+        let (p50, p99) = (
+            percentile(&latencies[i], 0.5),
+            percentile(&latencies[i], 0.99),
+        );
+        println!(
+            "  {name:<30} {p50:>9.1?} {p99:>9.1?} {:>7.3} {:>7.3} {:>9.2} {:>7.2}",
+            p50.as_secs_f64() / base50.as_secs_f64(),
+            p99.as_secs_f64() / base99.as_secs_f64(),
+            wakes[i].0 as f64 / rounds as f64,
+            wakes[i].1 as f64 / rounds as f64,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_unpark(|| {
+            UNPARKS.fetch_add(1, Ordering::Relaxed);
+        })
+        .on_thread_park(|| {
+            PARKS.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
