@@ -323,11 +323,15 @@ mod tests {
 
     /// The gateway's routes for every service it serves.
     fn rest() -> Rest {
+        rest_from(parking_proto::FILE_DESCRIPTOR_SET)
+    }
+
+    /// The routes of a descriptor set, every service to a backend that is never called.
+    fn rest_from(descriptors: &[u8]) -> Rest {
         let config = mesh::MeshConfig::from_lists("any", "", "http://127.0.0.1:1").expect("config");
         let channel =
             mesh::MeshClient::load(&config, &mesh::metrics::MeshMetrics::default()).expect("mesh");
-        let pool = prost_reflect::DescriptorPool::decode(parking_proto::FILE_DESCRIPTOR_SET)
-            .expect("descriptors");
+        let pool = prost_reflect::DescriptorPool::decode(descriptors).expect("descriptors");
         let services = pool
             .services()
             .map(|s| (s.full_name().to_owned(), channel.clone()))
@@ -340,7 +344,7 @@ mod tests {
             by_subject: None,
             trusted_hops: 0,
         });
-        Rest::new(parking_proto::FILE_DESCRIPTOR_SET, &services, guard, 1024).expect("routes")
+        Rest::new(descriptors, &services, guard, 1024).expect("routes")
     }
 
     fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
@@ -417,6 +421,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `buf breaking` (scripts/test-contract.sh) guards the messages and methods; the REST
+    /// routes live in google.api.http options, which it does not compare. Every route of
+    /// every released contract (proto/released/*.binpb, buf images: FileDescriptorSets
+    /// with extra fields) must still be served, by the same method.
+    #[tokio::test]
+    async fn every_released_rest_route_is_still_served() {
+        let current = rest();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/released");
+        let mut images = 0;
+        for entry in std::fs::read_dir(dir).expect("proto/released") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "binpb") {
+                continue;
+            }
+            images += 1;
+            let image = std::fs::read(&path).expect("image");
+            let released = rest_from(&image);
+            assert!(!released.routes().is_empty(), "{}", path.display());
+            for route in released.routes() {
+                let concrete = route.path().replace(['{', '}'], "");
+                let found = current.find(&route.verb, &concrete).ok().map(|(r, _)| r);
+                assert_eq!(
+                    found.map(|r| r.method.full_name()),
+                    Some(route.method.full_name()),
+                    "{}: {} {} is no longer served",
+                    path.display(),
+                    route.verb,
+                    route.path()
+                );
+            }
+        }
+        assert!(images > 0, "no released image in {dir}");
     }
 
     #[tokio::test]
