@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks k8s/ and the Dockerfile without a cluster (run by scripts/test.sh before the Rust
 # tests; k8s/README.md says what this proves and what it cannot):
-#   1. hadolint: the Dockerfile, failing on any finding (style included);
+#   1. hadolint: the Dockerfiles (the Rust services' and services/community's), failing on
+#      any finding (style included);
 #   2. kubectl kustomize: every overlay renders (to var/k8s-rendered/<overlay>.yaml);
 #   3. kubernetes-validate --strict: every built-in object against Kubernetes 1.37's schemas,
 #      unknown fields refused;
@@ -21,8 +22,8 @@ BIN=$(bash scripts/tools.sh)
 OUT=var/k8s-rendered
 OVERLAYS=(dev prod canary)
 
-say "check-manifests: hadolint Dockerfile"
-"$BIN/hadolint" --failure-threshold style Dockerfile
+say "check-manifests: hadolint Dockerfile services/community/Dockerfile"
+"$BIN/hadolint" --failure-threshold style Dockerfile services/community/Dockerfile
 
 say "check-manifests: kubectl kustomize ${OVERLAYS[*]}"
 rm -rf "$OUT"

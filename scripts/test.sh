@@ -11,6 +11,7 @@ export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.
 
 # The end-to-end tests run these binaries as separate processes.
 cargo build --workspace --bins
+bash scripts/test-contract.sh
 bash scripts/test-sdk-python.sh
 bash scripts/test-sdk-typescript.sh
 bash scripts/check-manifests.sh

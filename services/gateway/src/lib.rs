@@ -17,6 +17,8 @@
 //! - [`watch`]: reading the accounts and key files again when they change.
 //! - [`oauth`]: `POST /oauth2/token` and `/.well-known/jwks.json`.
 //! - [`rest`]: REST/JSON from the protos' google.api.http annotations.
+//! - [`openapi`]: `GET /openapi.json`, the REST routes' OpenAPI document, written from
+//!   the same route table.
 //! - [`status`]: `GET /status`, the health of every backend and the event pipeline's
 //!   backlog.
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ pub mod edge;
 pub mod guard;
 pub mod limit;
 pub mod oauth;
+pub mod openapi;
 pub mod proxy;
 pub mod rest;
 pub mod status;
@@ -375,6 +378,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         config.rest_max_body,
     )?);
     tracing::info!(routes = ?rest.describe(), "REST/JSON routes");
+    // Open, like reflection and the JWK set: it is the public contract.
+    let openapi = bytes::Bytes::from(openapi::document(&rest).to_string());
     let endpoint = Arc::new(oauth::TokenEndpoint::new(
         tokens.clone(),
         accounts.clone(),
@@ -388,6 +393,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         .route(
             "/oauth2/token",
             axum::routing::any(move |request| endpoint.clone().token(request)),
+        )
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                std::future::ready(rest::json_body(http::StatusCode::OK, openapi.clone()))
+            }),
         )
         .route(
             "/.well-known/jwks.json",

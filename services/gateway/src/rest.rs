@@ -37,19 +37,21 @@ pub enum Error {
 
 /// One piece of a path template.
 #[derive(Debug, Clone, PartialEq)]
-enum Segment {
+pub(crate) enum Segment {
     Literal(String),
     /// A request field filled from this segment, by its JSON name.
     Field(String),
 }
 
 /// One HTTP binding of one gRPC method.
-struct Route {
-    verb: http::Method,
-    template: Vec<Segment>,
+pub(crate) struct Route {
+    pub(crate) verb: http::Method,
+    pub(crate) template: Vec<Segment>,
     /// Whether the JSON body fills the whole request (`body: "*"`).
-    body: bool,
-    method: MethodDescriptor,
+    pub(crate) body: bool,
+    pub(crate) method: MethodDescriptor,
+    /// 0 for the method's main rule, 1.. for its `additional_bindings`.
+    pub(crate) binding: usize,
     /// `/package.Service/Method`.
     grpc_path: http::uri::PathAndQuery,
     /// The backend, through the mesh.
@@ -74,6 +76,17 @@ impl Route {
         Some(vars)
     }
 
+    /// The path template with JSON names: `/reservationStatuses/{reservationId}`.
+    pub(crate) fn path(&self) -> String {
+        self.template
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => format!("/{l}"),
+                Segment::Field(f) => format!("/{{{f}}}"),
+            })
+            .collect()
+    }
+
     fn literals(&self) -> usize {
         self.template
             .iter()
@@ -81,6 +94,9 @@ impl Route {
             .count()
     }
 }
+
+/// A route and its path variables (JSON name, raw value).
+pub(crate) type Found<'r, 'p> = (&'r Route, Vec<(&'r str, &'p str)>);
 
 /// The REST routes of every annotated method.
 pub struct Rest {
@@ -162,7 +178,7 @@ impl Rest {
                 {
                     rules.extend(more.iter().filter_map(|v| v.as_message().cloned()));
                 }
-                for rule in rules {
+                for (binding, rule) in rules.into_iter().enumerate() {
                     for (verb, method_name) in [
                         (http::Method::GET, "get"),
                         (http::Method::POST, "post"),
@@ -200,6 +216,7 @@ impl Rest {
                             template: template(&method, &path)?,
                             body: body == "*",
                             method: method.clone(),
+                            binding,
                             grpc_path,
                             backend: backend.clone(),
                         });
@@ -221,18 +238,29 @@ impl Rest {
     pub fn describe(&self) -> Vec<String> {
         self.routes
             .iter()
-            .map(|r| {
-                let path: Vec<String> = r
-                    .template
-                    .iter()
-                    .map(|s| match s {
-                        Segment::Literal(l) => l.clone(),
-                        Segment::Field(f) => format!("{{{f}}}"),
-                    })
-                    .collect();
-                format!("{} /{} -> {}", r.verb, path.join("/"), r.method.full_name())
-            })
+            .map(|r| format!("{} {} -> {}", r.verb, r.path(), r.method.full_name()))
             .collect()
+    }
+
+    /// Every route, literals first (the order they are matched in); the OpenAPI document
+    /// is written from these.
+    pub(crate) fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for `verb` and `path`, with its path variables (JSON name, raw value).
+    /// `Err(true)`: the path has routes, for other verbs only (405).
+    pub(crate) fn find<'p>(
+        &self,
+        verb: &http::Method,
+        path: &'p str,
+    ) -> Result<Found<'_, 'p>, bool> {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.routes
+            .iter()
+            .filter(|r| r.verb == verb)
+            .find_map(|r| r.matches(&segments).map(|vars| (r, vars)))
+            .ok_or_else(|| self.routes.iter().any(|r| r.matches(&segments).is_some()))
     }
 
     /// Answers one HTTP request that no other route took.
@@ -251,27 +279,23 @@ impl Rest {
                 .into_http();
         }
         let path = parts.uri.path().to_owned();
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let found = self
-            .routes
-            .iter()
-            .filter(|r| r.verb == parts.method)
-            .find_map(|r| r.matches(&segments).map(|vars| (r, vars)));
-        let Some((route, vars)) = found else {
-            let other_verb = self.routes.iter().any(|r| r.matches(&segments).is_some());
-            return if other_verb {
-                error_json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    tonic::Code::Unimplemented,
-                    &format!("{} is not allowed on {path}", parts.method),
-                )
-            } else {
-                error_json(
-                    StatusCode::NOT_FOUND,
-                    tonic::Code::NotFound,
-                    &format!("no route for {} {path}", parts.method),
-                )
-            };
+        let (route, vars) = match self.find(&parts.method, &path) {
+            Ok(found) => found,
+            Err(other_verb) => {
+                return if other_verb {
+                    error_json(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        tonic::Code::Unimplemented,
+                        &format!("{} is not allowed on {path}", parts.method),
+                    )
+                } else {
+                    error_json(
+                        StatusCode::NOT_FOUND,
+                        tonic::Code::NotFound,
+                        &format!("no route for {} {path}", parts.method),
+                    )
+                };
+            }
         };
         if let Err(rejection) = self.guard.admit(&mut parts.headers, &parts.extensions) {
             return rejection.json();
