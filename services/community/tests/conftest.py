@@ -69,8 +69,11 @@ async def eventually(
 class CommunityProcess:
     """The community service as a subprocess (python -m parking_community)."""
 
-    def __init__(self, cluster: LocalCluster, log_dir: Path, **env: str) -> None:
-        self.port = cluster.community_port
+    def __init__(
+        self, cluster: LocalCluster, log_dir: Path, port: int | None = None, **env: str
+    ) -> None:
+        #: The port the gateway sends community calls to, unless told otherwise.
+        self.port = port or cluster.community_port
         self.metrics_port = free_port()
         self.log_path = log_dir / f"community-{self.port}.log"
         self.env = {
