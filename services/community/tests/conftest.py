@@ -9,6 +9,7 @@ Everything a test leaves is removed at the end: the service's Redis keys (all un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import nats
+import nats.js.errors
 import pytest
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -53,10 +55,10 @@ def seoul_day(days_ahead: int) -> str:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 15.0
+    check: Callable[[], Awaitable[T | None]], what: str, within: float = 15.0
 ) -> T:
     """Polls `check` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = await check()
         if result is not None and result is not False:
@@ -93,7 +95,7 @@ class CommunityProcess:
 
     async def start(self) -> CommunityProcess:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: ASYNC220 (spawns; never waits here)
                 [sys.executable, "-m", "parking_community"],
                 env=self.env,
                 stdout=log,
@@ -110,7 +112,7 @@ class CommunityProcess:
                     answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 except grpc.aio.AioRpcError:
                     return None
-                return answer.status == health_pb2.HealthCheckResponse.SERVING
+                return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
             await eventually(serving, "the community service to serve")
         return self
@@ -126,9 +128,9 @@ class CommunityProcess:
     def metric(self, name: str) -> float:
         """One sample's value from /metrics (0 when absent)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 (local)
+        with urllib.request.urlopen(url, timeout=2) as answer:
             for line in answer.read().decode().splitlines():
-                if line.startswith(name + " ") or line.startswith(name + "{") and " " in line:
+                if line.startswith(name + " ") or (line.startswith(name + "{") and " " in line):
                     key, value = line.rsplit(" ", 1)
                     if key == name:
                         return float(value)
@@ -154,17 +156,12 @@ async def store(cluster: LocalCluster) -> AsyncIterator[Store]:
 async def js(cluster: LocalCluster) -> AsyncIterator[JetStreamContext]:
     nc: NATS = await nats.connect(cluster.nats_url)
     yield nc.jetstream()
-    for context in ("community",):
-        try:
-            await nc.jetstream().delete_stream(stream_name(cluster.namespace, context))
-        except Exception:  # noqa: S110 (never created: nothing to clean)
-            pass
-    try:
-        await nc.jetstream().delete_consumer(
-            stream_name(cluster.namespace, "parkinglot"), DURABLE
-        )
-    except Exception:  # noqa: S110 (already gone with local-cluster's streams)
-        pass
+    # Its own stream, and its consumer on ParkingLot's (already gone if local-cluster
+    # removed that stream first).
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await nc.jetstream().delete_stream(stream_name(cluster.namespace, "community"))
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await nc.jetstream().delete_consumer(stream_name(cluster.namespace, "parkinglot"), DURABLE)
     await nc.close()
 
 
@@ -224,12 +221,9 @@ async def community_events(
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(name, seq)
         assert msg.data is not None
-        found.append(
-            (str(msg.subject), community_pb2.CommunityEventEnvelope.FromString(msg.data))
-        )
+        found.append((str(msg.subject), community_pb2.CommunityEventEnvelope.FromString(msg.data)))
     return found
 
 
 def parking_lot_envelope(data: bytes) -> events_pb2.EventEnvelope:
     return events_pb2.EventEnvelope.FromString(data)
-

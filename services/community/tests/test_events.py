@@ -30,7 +30,7 @@ from .conftest import (
 async def settled(js: JetStreamContext, namespace: str) -> bool:
     """Whether the community's consumer has taken and acknowledged everything."""
     info = await js.consumer_info(stream_name(namespace, "parkinglot"), DURABLE)
-    return info.num_pending == 0 and info.num_ack_pending == 0
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
 async def test_a_redelivered_event_changes_nothing(

@@ -140,9 +140,7 @@ async def test_refusals(cluster: LocalCluster, community: CommunityProcess) -> N
         with pytest.raises(parking_sdk.InvalidArgument, match="booking window"):
             await rosa.community.BookEveningSpace(book(seoul_day(40)))
         with pytest.raises(parking_sdk.InvalidArgument, match="days"):
-            await rosa.community.ListEveningOffers(
-                community_pb2.ListEveningOffersRequest(days=32)
-            )
+            await rosa.community.ListEveningOffers(community_pb2.ListEveningOffersRequest(days=32))
         with pytest.raises(parking_sdk.InvalidArgument, match="UUID"):
             await rosa.community.CancelEveningBooking(
                 community_pb2.CancelEveningBookingRequest(booking_id="42")
@@ -248,4 +246,3 @@ async def test_employees_push_bookings_out(
         return ids if {older.booking_id, newer.booking_id} <= ids else None
 
     await eventually(withdrawn, "EveningBookingWithdrawn for both bookings")
-
