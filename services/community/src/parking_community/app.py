@@ -5,6 +5,7 @@ finished and acked, the outbox flushed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -112,7 +113,11 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
                 _supervised("outbox relay", lambda: relay.run(stopping), stopping),
             )
         finally:
-            await nc.drain()
+            # Acks and publishes are sent by then; close without drain's wait on the
+            # pull subscription's inbox.
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=2)
+            await nc.close()
 
     background = [
         asyncio.create_task(changes.run(), name="booking-changes"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -157,6 +158,8 @@ class ParkingLotFollower:
         finally:
             lag.cancel()
             await asyncio.gather(lag, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
         events: list[ParkingLotEvent] = []
