@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextlib
 import datetime as dt
 import logging
 import uuid
