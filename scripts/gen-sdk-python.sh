@@ -10,12 +10,13 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 out="${1:-sdk/python/src/parking_sdk}"
 
-# The generator's pins; the SDK's own runtime pins live in sdk/python/pyproject.toml.
+# The generator's pins (also in sdk/python/pyproject.toml's dev extra, so the venv that
+# scripts/test-sdk-python.sh keeps already has them and the two scripts share it).
 pins=(grpcio-tools==1.85.1 grpcio==1.85.1 protobuf==7.36.2 mypy-protobuf==5.1.0)
-venv="${SDK_GEN_VENV:-$repo/var/sdk-gen-venv}"
-stamp="$venv/.pins"
+venv="${SDK_VENV:-$repo/var/sdk-venv}"
+stamp="$venv/.generator-pins"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]]; then
-  python3 -m venv "$venv"
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "${pins[@]}"
   echo "${pins[*]}" >"$stamp"
 fi
@@ -51,6 +52,15 @@ rewrites = [
     (re.compile(r"'parking\.v1\.(\w+_pb2)'"), r"'parking_sdk.v1.\1'"),
     (re.compile(r"'google\.api\.(\w+_pb2)'"), r"'parking_sdk.google.api.\1'"),
 ]
+SHIM = '''"""google.api's {module}: googleapis-common-protos's module when it is installed
+(protobuf's descriptor pool takes one google/api file of a name, so a second copy would
+clash), else the copy generated from proto/google/api. Written by scripts/gen-sdk-python.sh."""
+
+try:
+    from google.api.{module} import *  # noqa: F403
+except ImportError:
+    from parking_sdk.google.api._embedded.{module} import *  # noqa: F403
+'''
 for sub in ("v1", "google"):
     shutil.rmtree(out / sub, ignore_errors=True)
 for src, dst in moves.items():
@@ -63,7 +73,17 @@ for src, dst in moves.items():
             continue
         for pattern, replacement in rewrites:
             text = pattern.sub(replacement, text)
+        if dst == "google/api" and path.suffix == ".py":
+            # The descriptor pool holds one google/api/http.proto: when googleapis-common-protos
+            # is installed, both copies would clash, so its modules are used instead of ours.
+            (target / "_embedded").mkdir(exist_ok=True)
+            (target / "_embedded" / path.name).write_text(text)
+            (target / path.name).write_text(SHIM.format(module=path.stem))
+            continue
         (target / path.name).write_text(text)
+(out / "google/api/_embedded/__init__.py").write_text(
+    '"""Generated from proto/google/api; used when googleapis-common-protos is absent."""\n'
+)
 for sub, doc in package_docs.items():
     (out / sub / "__init__.py").write_text(f'"""{doc}"""\n')
 (out / "_version.py").write_text(

@@ -4,7 +4,8 @@
 :class:`Gateway`: the channel plus one generated stub per service. Every call made through
 them carries ``authorization: Bearer <token>`` from a :class:`~parking_sdk.tokens.TokenSource`
 (fetched and refreshed as needed) and raises :mod:`parking_sdk.errors` exceptions instead of
-raw ``grpc.RpcError``; server streams raise them from the iteration.
+raw ``grpc.RpcError``; server streams raise them from the iteration. (The contract has no
+client-streaming method, so only unary calls and server streams are intercepted.)
 
 The token goes in client interceptors rather than call credentials: gRPC refuses call
 credentials on an insecure channel, and a local gateway is plain HTTP/2. Use TLS

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ class LocalCluster:
     """Starts local-cluster on enter and stops it on exit (``with`` or ``async with``).
 
     ``env`` is added to the process's environment (e.g. ``COMMUNITY_PORT``, ``RUST_LOG``);
-    ``binary`` overrides :func:`find_binary`; ``ready_timeout`` bounds the start (seconds).
+    ``binary`` overrides :func:`find_binary`; ``ready_timeout`` bounds the start (seconds);
+    ``stderr`` receives the services' logs (by default a temporary file whose end is quoted
+    when the cluster fails to start).
     After entering, ``info`` is the ready line as parsed JSON and the properties below read it.
     """
 
@@ -75,13 +78,14 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         binary: str | os.PathLike[str] | None = None,
         ready_timeout: float = 60.0,
-        stderr: IO[bytes] | int | None = subprocess.DEVNULL,
+        stderr: IO[bytes] | int | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else None
         self.env = dict(env or {})
         self.ready_timeout = ready_timeout
-        # Where the services' logs go: discarded by default, pass None to inherit.
         self.stderr = stderr
+        # The logs when no stderr was given: kept for the error message if the start fails.
+        self._log: IO[bytes] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._info: dict[str, Any] | None = None
 
@@ -89,13 +93,21 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         binary = self.binary or find_binary()
-        self._process = subprocess.Popen(
-            [str(binary)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            env={**os.environ, **self.env},
-        )
+        stderr = self.stderr
+        if stderr is None:
+            # Closed by stop(), which every failed start calls too.
+            self._log = stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                [str(binary)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env={**os.environ, **self.env},
+            )
+        except OSError as failed:
+            self.stop()
+            raise LocalClusterError(f"cannot run local-cluster {binary}: {failed}") from failed
         line = self._ready_line(self._process)
         try:
             self._info = json.loads(line)
@@ -114,16 +126,27 @@ class LocalCluster:
         reader.join(self.ready_timeout)
         if not lines or not lines[0].strip():
             code = process.poll()
+            logs = self._log_tail()
             self.stop()
             if code is None:
-                raise LocalClusterError(f"local-cluster not ready after {self.ready_timeout} s")
-            raise LocalClusterError(f"local-cluster exited with {code} before it was ready")
+                raise LocalClusterError(f"local-cluster not ready after {self.ready_timeout} s{logs}")
+            raise LocalClusterError(f"local-cluster exited with {code} before it was ready{logs}")
+        # Whatever it prints later is read and dropped, so a full pipe never blocks it.
+        threading.Thread(target=stdout.read, daemon=True).start()
         return lines[0].decode()
+
+    def _log_tail(self, size: int = 4000) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, self._log.tell() - size))
+        return "; its last logs:\n" + self._log.read().decode(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Closes local-cluster's stdin (its signal to clean up and exit) and waits for it."""
         process, self._process = self._process, None
         if process is None:
+            self._close_log()
             return
         if process.stdin is not None:
             process.stdin.close()
@@ -134,6 +157,12 @@ class LocalCluster:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> LocalCluster:
         return self.start()

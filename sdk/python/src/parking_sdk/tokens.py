@@ -5,8 +5,8 @@ client-credentials grant (:meth:`TokenSource.client_credentials`). A source keep
 and fetches a new one ``refresh_margin`` seconds before the old one expires, so a call never
 leaves with a token about to lapse.
 
-The HTTP request uses the standard library's urllib: one request per token lifetime (an hour
-by default) does not justify an HTTP client dependency, and urllib keeps the SDK's
+The HTTP request uses the standard library's urllib: one request per token lifetime (15
+minutes by default) does not justify an HTTP client dependency, and urllib keeps the SDK's
 dependencies to grpcio and protobuf. The async path runs it in a worker thread.
 
 One ``threading.Lock`` guards the fetch, so concurrent callers (threads, or coroutines on any

@@ -1,0 +1,1 @@
+"""Generated from proto/google/api; used when googleapis-common-protos is absent."""
