@@ -4,6 +4,9 @@ keys means UNAVAILABLE, not a refusal of the caller."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import subprocess
 import uuid
 
 import grpc
@@ -129,3 +132,42 @@ async def test_no_token_keys_is_unavailable(
             assert "token keys" in (refused.value.details() or "")
     finally:
         assert await keyless.stop() == 0
+
+
+async def test_store_down_is_unavailable(
+    cluster: LocalCluster, community: CommunityProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second instance on a Redis of its own, which then stops: calls say UNAVAILABLE."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server binary to start a Redis of our own")
+    port = free_port()
+    redis_server = subprocess.Popen(  # noqa: ASYNC220 (spawns; never waits here)
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    instance = CommunityProcess(
+        cluster,
+        tmp_path_factory.mktemp("storeless"),
+        port=free_port(),
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+    )
+    try:
+        await instance.start()
+        redis_server.terminate()
+        await asyncio.to_thread(redis_server.wait, 10)
+        token = await cluster.tokens("rosa").atoken()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance.port}") as channel:
+            direct = community_pb2_grpc.CommunityParkingServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await direct.ListEveningOffers(
+                    community_pb2.ListEveningOffersRequest(),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=20,
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Redis" in (refused.value.details() or "")
+    finally:
+        redis_server.kill()
+        await asyncio.to_thread(redis_server.wait, 10)
+        assert await instance.stop() == 0

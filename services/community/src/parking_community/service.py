@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from parking_sdk.v1 import community_pb2, community_pb2_grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import domain, metrics
 from .auth import TokenVerifier
@@ -38,6 +40,8 @@ _STATES = {
     BookingState.WITHDRAWN: community_pb2.EVENING_BOOKING_STATE_WITHDRAWN,
 }
 
+STORE_DOWN = "the community's store (Redis) cannot be reached; retry in a moment"
+
 #: request_id is a client's key: bounded so it cannot grow the store without limit.
 MAX_REQUEST_ID = 128
 
@@ -55,6 +59,10 @@ def _observed(
             await context.abort(grpc.StatusCode[refusal.kind.name], refusal.message)
             raise  # abort raises; this satisfies the type checker
         except grpc.aio.AbortError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
+            code = "UNAVAILABLE"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_DOWN)
             raise
         except Exception:
             code = "INTERNAL"
@@ -187,6 +195,9 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
         except Refusal as refusal:
             code = refusal.kind.name
             await context.abort(grpc.StatusCode[refusal.kind.name], refusal.message)
+        except (RedisConnectionError, RedisTimeoutError):
+            code = "UNAVAILABLE"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, STORE_DOWN)
         except asyncio.CancelledError:
             code = "CANCELLED"  # the client went away
             raise
