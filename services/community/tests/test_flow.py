@@ -246,3 +246,30 @@ async def test_employees_push_bookings_out(
         return ids if {older.booking_id, newer.booking_id} <= ids else None
 
     await eventually(withdrawn, "EveningBookingWithdrawn for both bookings")
+
+
+async def test_two_residents_race_for_the_last_space(
+    cluster: LocalCluster, community: CommunityProcess
+) -> None:
+    date = seoul_day(9)
+    async with connect(cluster, "admin") as admin:
+        await admin.parking_lot.SetDailyCapacity(
+            parking_lot_pb2.SetDailyCapacityRequest(date=date, capacity=1)
+        )
+    async with connect(cluster, "rosa") as rosa, connect(cluster, "ravi") as ravi:
+
+        async def one_space() -> community_pb2.EveningOffer | None:
+            seen = await offer(rosa, date)
+            return seen if seen.capacity == 1 else None
+
+        await eventually(one_space, "capacity 1")
+        results = await asyncio.gather(
+            rosa.community.BookEveningSpace(book(date)),
+            ravi.community.BookEveningSpace(book(date)),
+            return_exceptions=True,
+        )
+        booked = [r for r in results if isinstance(r, community_pb2.EveningBooking)]
+        refused = [r for r in results if isinstance(r, parking_sdk.FailedPrecondition)]
+        assert (len(booked), len(refused)) == (1, 1), results
+        seen = await offer(rosa, date)
+        assert (seen.booked, seen.free) == (1, 0)
