@@ -75,7 +75,18 @@ async def test_stopped_then_started_late(
     """With the service stopped and its state removed (as if never deployed), the core
     works as before and community calls are UNAVAILABLE; started, it replays the whole
     history and its figures match ParkingLot's own."""
-    assert await community.stop() == 0
+    # A watch open at SIGTERM ends cleanly (the stream finishes, no error).
+    async with connect(cluster, "rosa") as rosa:
+        booking = await rosa.community.BookEveningSpace(
+            community_pb2.BookEveningSpaceRequest(date=seoul_day(8))
+        )
+        watch = rosa.community.WatchEveningBooking(
+            community_pb2.WatchEveningBookingRequest(booking_id=booking.booking_id)
+        ).__aiter__()
+        await watch.__anext__()
+        assert await community.stop() == 0
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(watch.__anext__(), 10)
     await store.delete_all()
     await js.delete_consumer(stream_name(cluster.namespace, "parkinglot"), DURABLE)
 
