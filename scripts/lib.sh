@@ -137,3 +137,35 @@ ensure_pg_database() {
     psql "$admin" -qc "CREATE DATABASE $name" >&2
   fi
 }
+
+# ensure_redis: the community service's store. Uses REDIS_URL if set; else 127.0.0.1:6379
+# if listening; else starts Debian's redis-server there (installing it if it can), with no
+# persistence, and exports REDIS_STARTED_PID so the caller can stop it (stop_redis).
+ensure_redis() {
+  if [ -n "${REDIS_URL:-}" ]; then
+    say "Redis: using REDIS_URL"
+    return 0
+  fi
+  if listening 127.0.0.1 6379; then
+    say "Redis: already listening on 127.0.0.1:6379"
+    return 0
+  fi
+  if ! command -v redis-server >/dev/null; then
+    say "Redis: installing redis-server from Debian's packages"
+    apt_install redis-server || { say "cannot install redis-server; set REDIS_URL to a Redis"; return 1; }
+  fi
+  mkdir -p var
+  say "Redis: starting redis-server on 127.0.0.1:6379 (log in var/redis.log)"
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no >var/redis.log 2>&1 &
+  export REDIS_STARTED_PID=$!
+  wait_listening 127.0.0.1 6379 20 || { say "redis-server did not start; see var/redis.log"; return 1; }
+}
+
+# stop_redis: stops the redis-server ensure_redis started, if it started one.
+stop_redis() {
+  if [ -n "${REDIS_STARTED_PID:-}" ]; then
+    kill -TERM "$REDIS_STARTED_PID" 2>/dev/null || true
+    wait "$REDIS_STARTED_PID" 2>/dev/null || true
+    unset REDIS_STARTED_PID
+  fi
+}

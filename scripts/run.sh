@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # `make run`: every service on this machine, SQLite files under ./var, NATS from NATS_URL
-# or a local nats-server it starts. Ctrl-C stops them all.
+# or a local nats-server it starts, Redis (the community service's store) from REDIS_URL
+# or 127.0.0.1:6379 or a local redis-server it starts. Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_nats
+ensure_redis
 cargo build --bins
+# The community service (Python) and the SDK it uses, in their pinned venv.
+community_bin=$(bash scripts/community-venv.sh)
 mkdir -p var/log
 
 pids=()
@@ -23,6 +27,7 @@ stop() {
     kill -TERM "$(cat var/nats.pid)" 2>/dev/null || true
     rm -f var/nats.pid
   fi
+  stop_redis
   say "stopped; data stays in ./var"
 }
 trap stop INT TERM EXIT
@@ -40,12 +45,21 @@ start() {
 if [ ! -f var/accounts.yaml ]; then
   umask 077
   : >var/demo-passwords
-  for account in 3117:employee 6:employee manager:manager admin:admin; do
+  for account in 3117:employee 6:employee manager:manager admin:admin rosa:resident; do
     name=${account%%:*} role=${account#*:}
     password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
     PARKING_PASSWORD=$password ./target/debug/parkingctl users add "$name" --role "$role" --file var/accounts.yaml >/dev/null
     echo "$name $password" >>var/demo-passwords
   done
+  umask 022
+fi
+# A resident for the community service's evening spaces, also when var/accounts.yaml
+# predates it.
+if ! ./target/debug/parkingctl users list --file var/accounts.yaml 2>/dev/null | grep -qw rosa; then
+  umask 077
+  password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=')
+  PARKING_PASSWORD=$password ./target/debug/parkingctl users add rosa --role resident --file var/accounts.yaml >/dev/null
+  echo "rosa $password" >>var/demo-passwords
   umask 022
 fi
 # parking-lot's own identity for CancelDelivery (client_credentials, role service); the
@@ -113,9 +127,16 @@ start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml
 for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done
+# The community service, after the gateway: it reads the gateway's token keys and, with
+# each caller's token, the lot's capacity through it (JWKS_URL and PARKING_API_URL default
+# to 127.0.0.1:8080); its own store is Redis, its events its own stream.
+env LISTEN_ADDR=127.0.0.1:50055 METRICS_LISTEN=127.0.0.1:9464 "$community_bin/parking-community" >var/log/community.log 2>&1 &
+pids+=($!)
+wait_listening 127.0.0.1 50055 30 || { say "the community service did not start; see var/log/community.log"; exit 1; }
 
 tomorrow=$(TZ=Asia/Seoul date -d tomorrow +%F)
 password=$(awk '$1 == "3117" { print $2 }' var/demo-passwords 2>/dev/null || true)
+rosa_password=$(awk '$1 == "rosa" { print $2 }' var/demo-passwords 2>/dev/null || true)
 cat <<MSG
 
 parking-mesh is running (logs in var/log/, data in var/):
@@ -125,12 +146,13 @@ parking-mesh is running (logs in var/log/, data in var/):
   parking-lot  127.0.0.1:50052  parking.v1.ParkingLotService
   delivery     127.0.0.1:50053  parking.v1.TicketDeliveryService
   status       127.0.0.1:50054  parking.v1.ReservationStatusService
+  community    127.0.0.1:50055  parking.v1.CommunityParkingService (Python, Redis; metrics http://127.0.0.1:9464/metrics)
   metrics      http://127.0.0.1:9451/metrics .. 9454 (reservation, parking-lot, delivery, status)
   NATS         $NATS_URL
   traces       $traces
   mTLS         $( [ "$scheme" = https ] && echo "on between services (CA and certificates in var/tls; grpcurl to a service: -cacert var/tls/ca.pem -cert var/tls/operator.pem -key var/tls/operator-key.pem)" || echo "off (MTLS=1 make run turns it on)")
 
-Demo logins (3117 and 6 are employees, then manager and admin): var/demo-passwords
+Demo logins (3117 and 6 are employees, then manager, admin and rosa, a resident): var/demo-passwords
 
 Log in and reserve with parkingctl:
   PARKING_PASSWORD='$password' target/debug/parkingctl login --user 3117
@@ -141,6 +163,11 @@ With curl (REST/JSON, the seed's routes):
   curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"memberId":3117,"reservationDate":"$tomorrow"}' http://127.0.0.1:8080/ticketReservations
   curl -s -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:8080/reservationStatuses
   (httpie: http POST :8080/ticketReservations "Authorization: Bearer \$TOKEN" memberId=3117 reservationDate=$tomorrow)
+
+Evening spaces for residents (the community service, through the gateway):
+  RTOKEN=\$(curl -s -d grant_type=password -d username=rosa -d password='$rosa_password' http://127.0.0.1:8080/oauth2/token | sed 's/.*"access_token":"\([^"]*\)".*/\1/')
+  curl -s -H "Authorization: Bearer \$RTOKEN" 'http://127.0.0.1:8080/eveningOffers?fromDate=$tomorrow&days=3'
+  curl -s -H "Authorization: Bearer \$RTOKEN" -H 'Content-Type: application/json' -d '{"date":"$tomorrow"}' http://127.0.0.1:8080/eveningBookings
 
 With grpcurl (gRPC; it reads the API by reflection):
   grpcurl -plaintext -H "authorization: Bearer \$TOKEN" -d '{"member_id":3117,"reservation_date":"$tomorrow"}' 127.0.0.1:8080 parking.v1.TicketReservationService/ReserveTicket

@@ -14,6 +14,7 @@ cargo build --workspace --bins
 bash scripts/test-contract.sh
 bash scripts/test-sdk-python.sh
 bash scripts/test-sdk-typescript.sh
+bash scripts/test-community.sh
 bash scripts/check-manifests.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

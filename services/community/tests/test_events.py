@@ -1,0 +1,184 @@
+"""Events: a redelivered ParkingLot event changes nothing; the service catches up from
+history when started late; stopped, it changes nothing for the core; no readable token
+keys means UNAVAILABLE, not a refusal of the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+
+import grpc
+import parking_sdk
+import pytest
+from nats.js import JetStreamContext
+from parking_sdk.testing import LocalCluster
+from parking_sdk.v1 import community_pb2, community_pb2_grpc, parking_lot_pb2
+
+from parking_community.events import DURABLE, stream_name
+from parking_community.store import Store
+
+from .conftest import (
+    CommunityProcess,
+    connect,
+    eventually,
+    free_port,
+    offer,
+    reserve_confirmed,
+    seoul_day,
+)
+
+
+async def settled(js: JetStreamContext, namespace: str) -> bool:
+    """Whether the community's consumer has taken and acknowledged everything."""
+    info = await js.consumer_info(stream_name(namespace, "parkinglot"), DURABLE)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_a_redelivered_event_changes_nothing(
+    cluster: LocalCluster, community: CommunityProcess, js: JetStreamContext
+) -> None:
+    date = seoul_day(6)
+    async with connect(cluster, "3117") as employee:
+        await reserve_confirmed(employee, 3117, date)
+
+        async def counted() -> community_pb2.EveningOffer | None:
+            seen = await offer(employee, date)
+            return seen if seen.occupied == 1 else None
+
+        before = await eventually(counted, "the Occupied event to count")
+    duplicates = community.metric("community_events_duplicate_total")
+
+    # The same event again under another Nats-Msg-Id, so JetStream does not drop it.
+    subject = f"{cluster.namespace}.parkinglot.Occupied"
+    stream = stream_name(cluster.namespace, "parkinglot")
+    last = await js.get_last_msg(stream, subject)
+    assert last.data is not None
+    await js.publish(subject, last.data, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+
+    async def handled() -> bool:
+        return community.metric("community_events_duplicate_total") == duplicates + 1
+
+    await eventually(handled, "the duplicate to be taken and recognised")
+    assert await settled(js, cluster.namespace)
+    async with connect(cluster, "rosa") as rosa:
+        assert await offer(rosa, date) == before
+
+
+async def test_stopped_then_started_late(
+    cluster: LocalCluster,
+    community: CommunityProcess,
+    store: Store,
+    js: JetStreamContext,
+) -> None:
+    """With the service stopped and its state removed (as if never deployed), the core
+    works as before and community calls are UNAVAILABLE; started, it replays the whole
+    history and its figures match ParkingLot's own."""
+    # A watch open at SIGTERM ends cleanly (the stream finishes, no error).
+    async with connect(cluster, "rosa") as rosa:
+        booking = await rosa.community.BookEveningSpace(
+            community_pb2.BookEveningSpaceRequest(date=seoul_day(8))
+        )
+        watch = rosa.community.WatchEveningBooking(
+            community_pb2.WatchEveningBookingRequest(booking_id=booking.booking_id)
+        ).__aiter__()
+        await watch.__anext__()
+        assert await community.stop() == 0
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(watch.__anext__(), 10)
+    await store.delete_all()
+    await js.delete_consumer(stream_name(cluster.namespace, "parkinglot"), DURABLE)
+
+    dates = [seoul_day(7), seoul_day(8)]
+    async with connect(cluster, "3117") as employee, connect(cluster, "6") as other:
+        for date in dates:
+            await reserve_confirmed(employee, 3117, date)
+        await reserve_confirmed(other, 6, dates[1])
+        with pytest.raises(parking_sdk.Unavailable):
+            await employee.community.ListEveningOffers(community_pb2.ListEveningOffersRequest())
+
+    await community.start()
+    async with connect(cluster, "admin") as admin:
+        # Every date any test touched, from today on.
+        for days_ahead in range(0, 9):
+            date = seoul_day(days_ahead)
+            lot = await admin.parking_lot.GetDailyAvailability(
+                parking_lot_pb2.GetDailyAvailabilityRequest(date=date)
+            )
+
+            async def caught_up(
+                date: str = date, lot: parking_lot_pb2.DailyAvailability = lot
+            ) -> community_pb2.EveningOffer | None:
+                seen = await offer(admin, date)
+                return seen if seen.occupied == lot.occupied else None
+
+            seen = await eventually(caught_up, f"{date}'s figures to match ParkingLot's")
+            assert seen.capacity == lot.capacity
+        assert (await offer(admin, dates[1])).occupied == 2
+
+
+async def test_no_token_keys_is_unavailable(
+    cluster: LocalCluster, community: CommunityProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A second instance whose JWKS_URL answers nothing (it shares the durable consumer,
+    # as a replica would).
+    keyless = CommunityProcess(
+        cluster,
+        tmp_path_factory.mktemp("keyless"),
+        port=free_port(),
+        JWKS_URL=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json",
+    )
+    await keyless.start()
+    try:
+        token = await cluster.tokens("rosa").atoken()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{keyless.port}") as channel:
+            direct = community_pb2_grpc.CommunityParkingServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await direct.ListEveningOffers(
+                    community_pb2.ListEveningOffersRequest(),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "token keys" in (refused.value.details() or "")
+    finally:
+        assert await keyless.stop() == 0
+
+
+async def test_store_down_is_unavailable(
+    cluster: LocalCluster, community: CommunityProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second instance on a Redis of its own, which then stops: calls say UNAVAILABLE."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("no redis-server binary to start a Redis of our own")
+    port = free_port()
+    redis_server = subprocess.Popen(  # noqa: ASYNC220 (spawns; never waits here)
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    instance = CommunityProcess(
+        cluster,
+        tmp_path_factory.mktemp("storeless"),
+        port=free_port(),
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+    )
+    try:
+        await instance.start()
+        redis_server.terminate()
+        await asyncio.to_thread(redis_server.wait, 10)
+        token = await cluster.tokens("rosa").atoken()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance.port}") as channel:
+            direct = community_pb2_grpc.CommunityParkingServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await direct.ListEveningOffers(
+                    community_pb2.ListEveningOffersRequest(),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=20,
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "Redis" in (refused.value.details() or "")
+    finally:
+        redis_server.kill()
+        await asyncio.to_thread(redis_server.wait, 10)
+        assert await instance.stop() == 0
