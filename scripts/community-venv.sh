@@ -16,17 +16,10 @@ if [ -x "$VENV/bin/parking-community" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")
   exit 0
 fi
 
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || { echo "community-venv.sh: $PYTHON is required" >&2; exit 1; }
-if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
-  # Debian splits venv out of python3.
-  . scripts/lib.sh
-  apt_install python3-venv || { echo "community-venv.sh: python3-venv is required" >&2; exit 1; }
-fi
-
+. scripts/lib.sh
 echo "community-venv.sh: installing services/community/requirements.txt, sdk/python and services/community into $VENV" >&2
 rm -f "$STAMP"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" >&2
+make_venv "$VENV"
 pip=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 "${pip[@]}" install -r services/community/requirements.txt >&2
 "${pip[@]}" install --no-deps -e sdk/python -e services/community >&2

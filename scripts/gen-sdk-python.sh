@@ -8,6 +8,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
+. scripts/lib.sh
 out="${1:-sdk/python/src/parking_sdk}"
 
 # The generator's pins (also in sdk/python/pyproject.toml's dev extra, so the venv that
@@ -15,8 +16,8 @@ out="${1:-sdk/python/src/parking_sdk}"
 pins=(grpcio-tools==1.85.1 grpcio==1.85.1 protobuf==7.36.2 mypy-protobuf==5.1.0)
 venv="${SDK_VENV:-$repo/var/sdk-venv}"
 stamp="$venv/.generator-pins"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]]; then
-  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+if [[ ! -x "$venv/bin/pip" || "$(cat "$stamp" 2>/dev/null)" != "${pins[*]}" ]]; then
+  make_venv "$venv"
   "$venv/bin/pip" install --quiet "${pins[@]}"
   echo "${pins[*]}" >"$stamp"
 fi

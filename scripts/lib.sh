@@ -31,6 +31,20 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >&2
 }
 
+# A Python virtualenv at $1 (created when it has no working pip; Debian splits venv out of
+# python3, so python3-venv is installed when it is missing). Nothing is printed on stdout.
+make_venv() {
+  local venv="$1" python="${PYTHON:-python3}"
+  [ -x "$venv/bin/pip" ] && return 0
+  command -v "$python" >/dev/null || { say "$python is required"; return 1; }
+  if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_install python3-venv || { say "python3-venv is required"; return 1; }
+  fi
+  # A half-made venv (no pip: an earlier attempt failed) is made again.
+  rm -rf "$venv"
+  "$python" -m venv "$venv" >&2
+}
+
 # ensure_nats: uses NATS_URL if set; else 127.0.0.1:4222 if listening; else starts a
 # local nats-server with JetStream (data under ./var/nats), installing it if it can.
 ensure_nats() {

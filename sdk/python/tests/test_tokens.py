@@ -91,6 +91,39 @@ def test_a_token_near_expiry_is_refreshed_from_the_endpoint(cluster: LocalCluste
         assert tokens.fetches == 2
 
 
+class FailingAfterFirst(TokenSource):
+    """A TokenSource whose endpoint refuses every request after the first."""
+
+    fetches = 0
+
+    def fetch(self) -> Token:
+        self.fetches += 1
+        if self.fetches > 1:
+            raise TokenError("token endpoint unreachable: refresh refused for the test")
+        return super().fetch()
+
+
+def test_a_failed_refresh_keeps_the_old_token_until_it_expires(cluster: LocalCluster) -> None:
+    clock = FakeClock()
+    tokens = FailingAfterFirst.password(
+        cluster.token_url, "rosa", cluster.users["rosa"].password, refresh_margin=30, clock=clock
+    )
+    first = tokens.token()
+    current = tokens.current
+    assert current is not None
+    # Inside the margin the refresh fails, yet the token still valid is handed out (and the
+    # server still takes it).
+    clock.now = current.expires_at - 10
+    assert tokens.token() == first
+    with connect(cluster.gateway, tokens) as gateway:
+        request = parking_lot_pb2.GetDailyAvailabilityRequest(date="2026-12-24")
+        assert gateway.parking_lot.GetDailyAvailability(request).capacity == cluster.max_parking
+    # Once it has expired, the failure is the caller's.
+    clock.now = current.expires_at + 1
+    with pytest.raises(TokenError):
+        tokens.token()
+
+
 async def test_concurrent_callers_share_one_fetch(cluster: LocalCluster) -> None:
     tokens = CountingSource.password(cluster.token_url, "6", cluster.users["6"].password)
     assert isinstance(tokens, CountingSource)

@@ -50,10 +50,11 @@ def _with_token(metadata: Any, token: str | None) -> list[tuple[str, str | bytes
     return items
 
 
-def _forget_refused(tokens: TokenSource | None, error: Exception) -> None:
-    # A refused token (keys rotated, revoked) is dropped, so the next call fetches a new one.
+def _forget_refused(tokens: TokenSource | None, error: Exception, sent: str | None = None) -> None:
+    # A refused token (keys rotated, revoked) is dropped, so the next call fetches a new one;
+    # when the token sent is known, only that one (another caller may have a newer one).
     if tokens is not None and isinstance(error, Unauthenticated):
-        tokens.invalidate()
+        tokens.invalidate(sent)
 
 
 # --- asyncio ---------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
             return await call
         except grpc.RpcError as failed:
             error = from_rpc_error(failed)
-            _forget_refused(self._tokens, error)
+            _forget_refused(self._tokens, error, token)
             raise error from None
 
 
@@ -111,7 +112,7 @@ class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
                     yield response
             except grpc.RpcError as failed:
                 error = from_rpc_error(failed)
-                _forget_refused(tokens, error)
+                _forget_refused(tokens, error, token)
                 raise error from None
 
         return responses()

@@ -136,7 +136,14 @@ class TokenSource:
         with self._lock:
             # Another caller may have refreshed it while this one waited.
             if not self._fresh(self._token):
-                self._token = self.fetch()
+                try:
+                    self._token = self.fetch()
+                except TokenError:
+                    # A refresh ahead of expiry that failed: the old token still works
+                    # until it expires, and the next call tries the endpoint again.
+                    old = self._token
+                    if old is None or self.clock() >= old.expires_at:
+                        raise
             assert self._token is not None
             return self._token.access_token
 
@@ -148,9 +155,13 @@ class TokenSource:
             return token.access_token
         return await asyncio.to_thread(self.token)
 
-    def invalidate(self) -> None:
-        """Forgets the cached token (e.g. after the server refused it)."""
-        self._token = None
+    def invalidate(self, access_token: str | None = None) -> None:
+        """Forgets the cached token (e.g. after the server refused it). With
+        `access_token`, only if that is still the cached one: a token another caller has
+        just fetched is kept."""
+        with self._lock:
+            if access_token is None or (self._token is not None and self._token.access_token == access_token):
+                self._token = None
 
     def fetch(self) -> Token:
         """Asks the endpoint for a new token (always a request; prefer :meth:`token`)."""
