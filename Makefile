@@ -24,6 +24,10 @@ lint:
 
 bench:
 	cargo bench -p mesh --bench overhead
+	# Where the mesh's time goes, layer by layer (latency, wake-ups per call).
+	cargo bench -p mesh --bench layers
+	# The mesh beside a real Envoy sidecar (pinned by scripts/tools.sh) in the same run.
+	cargo bench -p parking-e2e --bench sidecar
 	# The gateway bench starts the release binaries of every service (NATS must be up).
 	. scripts/lib.sh && ensure_nats && cargo build --release --bins && cargo bench -p parking-e2e --bench gateway --bench tracing
 	# The pipeline bench: open-loop steps through the gateway on SQLite and PostgreSQL, the
