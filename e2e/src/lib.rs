@@ -197,6 +197,9 @@ pub struct Cluster {
     tls: Option<PathBuf>,
     /// Extra environment for every process of a service (e.g. MESH_CONFIG).
     extra_env: HashMap<Svc, Vec<(String, String)>>,
+    /// Where the gateway sends the community service's calls (a port of its own, which
+    /// local-cluster's caller starts that service on).
+    community_port: u16,
     pub js: jetstream::Context,
 }
 
@@ -281,6 +284,7 @@ impl Cluster {
             auth_gateway: None,
             tls: None,
             extra_env: HashMap::new(),
+            community_port: free_port(),
             js: jetstream::new(client),
         }
     }
@@ -470,6 +474,11 @@ impl Cluster {
         port
     }
 
+    /// The port the gateway sends community calls to.
+    pub fn community_port(&self) -> u16 {
+        self.community_port
+    }
+
     /// The file holding parking-lot's client secret.
     fn service_secret_file(&self) -> PathBuf {
         let path = self.folder.join("parking-lot.secret");
@@ -554,6 +563,12 @@ impl Cluster {
             .env("PARKING_LOT_URL", url(Svc::ParkingLot))
             .env("DELIVERY_URL", url(Svc::Delivery))
             .env("STATUS_URL", url(Svc::Status))
+            // The community service (Python) is not part of these clusters: its calls find
+            // nothing listening there, as when a deployment runs without it.
+            .env(
+                "COMMUNITY_URL",
+                format!("{}://127.0.0.1:{}", self.scheme(), self.community_port),
+            )
             .env("ACCOUNTS_FILE", accounts)
             .env("TOKEN_KEY_FILE", key)
             .envs(env.iter().copied());

@@ -341,6 +341,15 @@ async fn status_endpoint_reports_every_backend() {
     for backend in ["reservation", "parking-lot", "delivery", "status"] {
         assert_eq!(report["backends"][backend], "SERVING", "{report}");
     }
+    // No community service runs here: shown as such, and the gateway is still ok (the
+    // core runs the same without it).
+    assert!(
+        report["optional_backends"]["community"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("UNAVAILABLE")),
+        "{report}"
+    );
+    assert_eq!(report["status"], "ok", "{report}");
     c.stop_service(Svc::Delivery).await;
     let (head, body) = http_get(port, "/status").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");

@@ -235,9 +235,8 @@ impl http_body::Body for Replayed {
         self.data.is_none() && self.trailers.is_none()
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
+    // No exact size hint: a layer that rewrites the body (gRPC-Web puts the trailers in
+    // it) would pass it on as a Content-Length that cuts the trailers off.
 }
 
 /// A trailers-only gRPC response carrying `code` (what Envoy sends for a fault abort).

@@ -11,18 +11,22 @@
 //! `COMMUNITY_PORT` (default: a free port) is where the gateway sends the community
 //! service's calls; the caller starts that service there itself.
 
-use parking_e2e::{free_port, nats_url, password_of, Backend, Cluster, USERS};
+use parking_e2e::{nats_url, password_of, Backend, Cluster, USERS};
 use tokio::io::AsyncReadExt;
 
 #[tokio::main]
 async fn main() {
-    let community_port = std::env::var("COMMUNITY_PORT")
+    let chosen = std::env::var("COMMUNITY_PORT")
         .ok()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or_else(free_port);
-    let community_url = format!("http://127.0.0.1:{community_port}");
-    let mut cluster =
-        Cluster::start_with_env(Backend::Sqlite, &[("COMMUNITY_URL", &community_url)]).await;
+        .and_then(|p| p.parse::<u16>().ok());
+    let mut cluster = match chosen {
+        Some(port) => {
+            let url = format!("http://127.0.0.1:{port}");
+            Cluster::start_with_env(Backend::Sqlite, &[("COMMUNITY_URL", &url)]).await
+        }
+        None => Cluster::start_with_env(Backend::Sqlite, &[]).await,
+    };
+    let community_port = chosen.unwrap_or(cluster.community_port());
     let gateway = cluster.auth_gateway().await;
     let users: serde_json::Map<String, serde_json::Value> = USERS
         .iter()

@@ -253,31 +253,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         ..config.clone()
     };
     tracing::info!(config = ?shown, "starting gateway");
+    // (route, backend, URL, part of the core: see status::Backends).
     let backends = [
         (
             "/parking.v1.TicketReservationService/{*method}",
             "reservation",
             &config.reservation_url,
+            true,
         ),
         (
             "/parking.v1.ParkingLotService/{*method}",
             "parking-lot",
             &config.parking_lot_url,
+            true,
         ),
         (
             "/parking.v1.TicketDeliveryService/{*method}",
             "delivery",
             &config.delivery_url,
+            true,
         ),
         (
             "/parking.v1.ReservationStatusService/{*method}",
             "status",
             &config.status_url,
+            true,
         ),
         (
             "/parking.v1.CommunityParkingService/{*method}",
             "community",
             &config.community_url,
+            false,
         ),
     ];
     let lifetime = Duration::from_secs(config.token_lifetime_secs);
@@ -312,6 +318,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let (health, routes) = parking_common::grpc::base_routes().await?;
     let mut router = routes.into_axum_router();
     let mut checked = Vec::new();
+    let mut optional = Vec::new();
     let mut by_service = std::collections::HashMap::new();
     let streams = rest::streaming_paths(parking_proto::FILE_DESCRIPTOR_SET)?;
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
@@ -323,7 +330,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let guarded = |forward: proxy::Forward| {
         tonic_web::GrpcWebLayer::new().layer(guard::GuardLayer(guard.clone()).layer(forward))
     };
-    for (path, backend, url) in backends {
+    for (path, backend, url, core) in backends {
         let mesh_config = mesh::MeshConfig::from_lists(backend, &config.mesh_config, url)
             .map_err(|message| Error::Backend {
                 url: url.clone(),
@@ -333,7 +340,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         let probe = channel(&mesh_config, url)?;
         let client = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
         client.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
-        checked.push((backend, probe));
+        if core {
+            checked.push((backend, probe));
+        } else {
+            optional.push((backend, probe));
+        }
         let service = path
             .trim_start_matches('/')
             .trim_end_matches("/{*method}")
@@ -357,7 +368,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         };
         router = router.route_service(path, guarded(forward));
     }
-    let backends = status::Backends(checked);
+    let backends = status::Backends {
+        core: checked,
+        optional,
+    };
     // The client connects (and reconnects) in the background: /status says degraded
     // while NATS is away, the gateway itself never waits for it.
     let js = parking_common::nats::connect(&config.nats_url, "gateway")

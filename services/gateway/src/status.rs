@@ -32,7 +32,13 @@ pub const NATS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The backends to ask, by name.
 #[derive(Clone)]
-pub struct Backends(pub Vec<(&'static str, Channel)>);
+pub struct Backends {
+    /// The core: one not serving makes the gateway down.
+    pub core: Vec<(&'static str, Channel)>,
+    /// Services added later (community): shown, but the core runs the same without them,
+    /// so they never change the verdict.
+    pub optional: Vec<(&'static str, Channel)>,
+}
 
 async fn check(channel: Channel) -> String {
     let mut client = HealthClient::new(channel);
@@ -308,20 +314,28 @@ impl PipelineWatch {
 
     /// Answers `/status`.
     pub async fn report(self: Arc<Self>, backends: Backends) -> Response {
-        let checks = backends
-            .0
-            .into_iter()
-            .map(|(name, channel)| async move { (name.to_owned(), check(channel).await) });
-        let (results, (pipeline, age)) =
-            tokio::join!(futures_util::future::join_all(checks), self.view());
+        let checks = |list: Vec<(&'static str, Channel)>| {
+            futures_util::future::join_all(
+                list.into_iter()
+                    .map(|(name, channel)| async move { (name.to_owned(), check(channel).await) }),
+            )
+        };
+        let (results, optional, (pipeline, age)) = tokio::join!(
+            checks(backends.core),
+            checks(backends.optional),
+            self.view()
+        );
         let verdict = decide(&results, &pipeline, &self.thresholds);
+        let map = |list: Vec<(String, String)>| {
+            list.into_iter()
+                .map(|(name, answer)| (name, Value::String(answer)))
+                .collect::<serde_json::Map<String, Value>>()
+        };
         let body = json!({
             "status": verdict.state.as_str(),
             "gateway": "SERVING",
-            "backends": results
-                .into_iter()
-                .map(|(name, answer)| (name, Value::String(answer)))
-                .collect::<serde_json::Map<String, Value>>(),
+            "backends": map(results),
+            "optional_backends": map(optional),
             "pipeline": self.pipeline_json(&pipeline, age),
             "reasons": verdict.reasons,
         });
