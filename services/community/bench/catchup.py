@@ -123,7 +123,7 @@ async def main() -> None:
     store = Store(client, namespace)
     process: subprocess.Popen[bytes] | None = None
     try:
-        await ensure_stream(js, namespace, "parkinglot")
+        await ensure_stream(js, namespace, "parkinglot", 1)
         past = history(args.events, args.dates)
         seconds = await publish(js, namespace, past)
         print(

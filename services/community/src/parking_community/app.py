@@ -106,7 +106,9 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
             events.booking_event("evening_booking_withdrawn"),
             outbox_written,
         )
-        relay = events.OutboxRelay(js, store, settings.event_namespace, outbox_written)
+        relay = events.OutboxRelay(
+            js, store, settings.event_namespace, outbox_written, settings.stream_replicas
+        )
         try:
             await asyncio.gather(
                 _supervised("ParkingLot follower", lambda: follower.run(stopping), stopping),

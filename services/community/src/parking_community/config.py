@@ -14,6 +14,7 @@ class Settings:
     metrics_listen: str
     nats_url: str
     event_namespace: str
+    stream_replicas: int
     redis_url: str
     jwks_url: str
     token_issuer: str
@@ -44,6 +45,12 @@ _OPTIONS = [
     ("--metrics-listen", "METRICS_LISTEN", "127.0.0.1:9464", "Prometheus /metrics address"),
     ("--nats-url", "NATS_URL", "nats://127.0.0.1:4222", "NATS server(s), comma separated"),
     ("--event-namespace", "EVENT_NAMESPACE", "parking", "keeps streams and keys apart"),
+    (
+        "--stream-replicas",
+        "STREAM_REPLICAS",
+        "1",
+        "copies of the community's own stream (3 on a JetStream cluster)",
+    ),
     ("--redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "the community's own store"),
     (
         "--jwks-url",
@@ -77,6 +84,9 @@ def parse(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     try:
         window = int(args.booking_window_days)
+        replicas = int(args.stream_replicas)
+        if not 1 <= replicas <= 5:
+            raise ValueError(f"STREAM_REPLICAS must be 1 to 5, not {replicas}")
         ttl = float(args.capacity_ttl)
         zone = ZoneInfo(args.time_zone)
     except (ValueError, KeyError) as error:
@@ -86,6 +96,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         metrics_listen=args.metrics_listen,
         nats_url=args.nats_url,
         event_namespace=args.event_namespace,
+        stream_replicas=replicas,
         redis_url=args.redis_url,
         jwks_url=args.jwks_url,
         token_issuer=args.token_issuer,

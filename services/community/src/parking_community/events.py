@@ -66,9 +66,32 @@ async def connect(urls: str) -> NATS:
             await asyncio.sleep(1.0)
 
 
-async def ensure_stream(js: JetStreamContext, namespace: str, context: str) -> str:
-    """Declares `<NAMESPACE>_<CONTEXT>` as the Rust services do (or finds it), so a consumer
-    started before the stream's publisher still finds it."""
+async def wait_for_stream(
+    js: JetStreamContext, namespace: str, context: str, stopping: asyncio.Event
+) -> str | None:
+    """Waits until another context's stream exists (its owner declares it, with the
+    deployment's replicas), or None if stopping first. Never creates it: a stream
+    declared here would have this service's settings, not its owner's."""
+    name = stream_name(namespace, context)
+    waited = False
+    while not stopping.is_set():
+        try:
+            await js.stream_info(name)
+            return name
+        except nats.js.errors.NotFoundError:
+            if not waited:
+                log.info(
+                    "waiting for the stream to be declared by its owner", extra={"stream": name}
+                )
+                waited = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=1.0)
+    return None
+
+
+async def ensure_stream(js: JetStreamContext, namespace: str, context: str, replicas: int) -> str:
+    """Declares the service's own `<NAMESPACE>_<CONTEXT>` as the Rust services declare
+    theirs (or finds it), with STREAM_REPLICAS copies."""
     name = stream_name(namespace, context)
     try:
         await js.stream_info(name)
@@ -79,6 +102,7 @@ async def ensure_stream(js: JetStreamContext, namespace: str, context: str) -> s
                 subjects=[f"{namespace}.{context}.>"],
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                num_replicas=max(1, replicas),
             )
         )
     return name
@@ -111,7 +135,9 @@ def parse_parking_lot_event(msg: Msg) -> ParkingLotEvent | None:
         )
     else:
         return None
-    return ParkingLotEvent(event_id, kind, dt.date.fromisoformat(date), capacity)
+    return ParkingLotEvent(
+        event_id, kind, dt.date.fromisoformat(date), capacity, seq=msg.metadata.sequence.stream
+    )
 
 
 class ParkingLotFollower:
@@ -133,7 +159,9 @@ class ParkingLotFollower:
         self.on_withdrawn = on_withdrawn
 
     async def run(self, stopping: asyncio.Event) -> None:
-        stream = await ensure_stream(self.js, self.namespace, "parkinglot")
+        stream = await wait_for_stream(self.js, self.namespace, "parkinglot", stopping)
+        if stream is None:
+            return
         sub = await self.js.pull_subscribe(
             f"{self.namespace}.parkinglot.>",
             durable=DURABLE,
@@ -259,15 +287,21 @@ class OutboxRelay:
     second for what an earlier run left."""
 
     def __init__(
-        self, js: JetStreamContext, store: Store, namespace: str, wake: asyncio.Event
+        self,
+        js: JetStreamContext,
+        store: Store,
+        namespace: str,
+        wake: asyncio.Event,
+        replicas: int = 1,
     ) -> None:
         self.js = js
         self.store = store
         self.namespace = namespace
         self.wake = wake
+        self.replicas = replicas
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await ensure_stream(self.js, self.namespace, "community")
+        await ensure_stream(self.js, self.namespace, "community", self.replicas)
         while True:
             try:
                 while await self.publish_some():
@@ -297,14 +331,18 @@ class OutboxRelay:
             ),
             return_exceptions=True,
         )
-        sent = [
-            row[0]
-            for row, ack in zip(rows, acks, strict=True)
-            if not isinstance(ack, BaseException)
-        ]
+        # Only the acknowledged prefix is removed: a failed event is retried before any
+        # that follows it, so subscribers see the outbox's order.
+        sent: list[str] = []
+        for (event_id, _), ack in zip(rows, acks, strict=True):
+            if isinstance(ack, BaseException):
+                await self.store.outbox_sent(sent)
+                metrics.PUBLISHED.inc(len(sent))
+                raise RuntimeError(
+                    f"event {event_id} not acknowledged ({ack}); it and the "
+                    f"{len(rows) - len(sent) - 1} after it are retried"
+                )
+            sent.append(event_id)
         await self.store.outbox_sent(sent)
         metrics.PUBLISHED.inc(len(sent))
-        if len(sent) < len(rows):
-            failed = next(a for a in acks if isinstance(a, BaseException))
-            raise RuntimeError(f"{len(rows) - len(sent)} events not acknowledged: {failed}")
         return len(sent)

@@ -3,7 +3,8 @@
 Every key starts with `<namespace>:community:` so runs with different EVENT_NAMESPACEs never
 meet. One Redis (not a cluster): the scripts build their keys from that prefix.
 
-- `day:<date>` (hash): occupied, booked, fully (0/1), capacity (last known), events.
+- `day:<date>` (hash): occupied (signed), booked, fully_seq and vacated_seq (stream
+  sequences of the last FullyOccupied and Vacated), capacity (last known), events.
 - `processed` (set): event ids of ParkingLot's events already applied.
 - `booking:<id>` (hash): resident, date, state, booked_at, updated_at (microseconds).
 - `confirmed:<date>` (sorted set): the date's confirmed booking ids by booked_at.
@@ -47,29 +48,32 @@ EventFactory = Callable[[EveningBooking], tuple[str, bytes]]
 #: How long a request_id keeps returning its first booking.
 REQUEST_TTL_SECONDS = 7 * 24 * 3600
 
-# ARGV: prefix, then (event_id, kind, date, capacity) per event. Returns how many were new,
-# then the dates (of new and repeated events alike) where employees may have pushed
-# bookings out: a quick filter, so the Python side reads only those; the rule itself is
-# domain.bookings_to_withdraw, applied again there.
+# ARGV: prefix, then (event_id, kind, date, capacity, stream sequence) per event. Returns
+# how many were new, then the dates (of new and repeated events alike) where employees may
+# have pushed bookings out: a quick filter, so the Python side reads only those; the rule
+# itself is domain.bookings_to_withdraw, applied again there. The same rule as
+# domain.apply_event: whatever order a date's events arrive in, the result is the same.
 _APPLY_EVENTS = """
 local prefix = ARGV[1]
 local processed = prefix .. 'processed'
 local applied = 0
 local touched = {}
-for i = 2, #ARGV, 4 do
-  local id, kind, date, capacity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 2, #ARGV, 5 do
+  local id, kind, date, capacity, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    tonumber(ARGV[i + 4])
   local day = prefix .. 'day:' .. date
   touched[date] = day
   if redis.call('SADD', processed, id) == 1 then
     if kind == 'occupied' then
       redis.call('HINCRBY', day, 'occupied', 1)
     elseif kind == 'vacated' then
-      if tonumber(redis.call('HGET', day, 'occupied') or '0') > 0 then
-        redis.call('HINCRBY', day, 'occupied', -1)
+      -- Signed: a Vacated applied before its Occupied is made up when that one arrives.
+      redis.call('HINCRBY', day, 'occupied', -1)
+      if seq > tonumber(redis.call('HGET', day, 'vacated_seq') or '0') then
+        redis.call('HSET', day, 'vacated_seq', seq)
       end
-      redis.call('HSET', day, 'fully', 0)
-    else
-      redis.call('HSET', day, 'fully', 1, 'capacity', capacity)
+    elseif seq > tonumber(redis.call('HGET', day, 'fully_seq') or '0') then
+      redis.call('HSET', day, 'fully_seq', seq, 'capacity', capacity)
     end
     redis.call('HINCRBY', day, 'events', 1)
     applied = applied + 1
@@ -79,10 +83,11 @@ local result = {applied}
 for date, day in pairs(touched) do
   local booked = tonumber(redis.call('HGET', day, 'booked') or '0')
   if booked > 0 then
-    local fields = redis.call('HMGET', day, 'occupied', 'fully', 'capacity')
-    local occupied = tonumber(fields[1] or '0')
-    local capacity = tonumber(fields[3] or '-1')
-    if fields[2] == '1' or (capacity >= 0 and occupied + booked > capacity) then
+    local fields = redis.call('HMGET', day, 'occupied', 'fully_seq', 'vacated_seq', 'capacity')
+    local occupied = math.max(0, tonumber(fields[1] or '0'))
+    local fully = tonumber(fields[2] or '0') > tonumber(fields[3] or '0')
+    local capacity = tonumber(fields[4] or '-1')
+    if fully or (capacity >= 0 and occupied + booked > capacity) then
       table.insert(result, date)
     end
   end
@@ -172,7 +177,13 @@ class Store:
             return Applied(new=0, duplicates=0, withdrawn=[])
         args: list[str | int] = [self.prefix]
         for event in events:
-            args += [event.event_id, event.kind.value, event.date.isoformat(), event.capacity]
+            args += [
+                event.event_id,
+                event.kind.value,
+                event.date.isoformat(),
+                event.capacity,
+                event.seq,
+            ]
         new, *crowded = await self._apply_events(args=args)
         # The script names duplicates' dates too: a crash after it and before the
         # withdrawal leaves the withdrawal to the redelivery.
@@ -355,11 +366,15 @@ def _field(row: Row, name: str) -> str | None:
 
 def _day(row: Row) -> Day:
     capacity = _field(row, "capacity")
+    fully_seq = int(_field(row, "fully_seq") or 0)
+    vacated_seq = int(_field(row, "vacated_seq") or 0)
     return Day(
         occupied=int(_field(row, "occupied") or 0),
         booked=int(_field(row, "booked") or 0),
-        fully_occupied=_field(row, "fully") == "1",
+        fully_occupied=fully_seq > vacated_seq,
         known_capacity=None if capacity is None else int(capacity),
+        fully_seq=fully_seq,
+        vacated_seq=vacated_seq,
     )
 
 
