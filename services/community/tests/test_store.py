@@ -1,20 +1,32 @@
 """The store's Lua script against a real Redis: the same rules as domain.apply_event,
-whatever order a date's events are applied in."""
+whatever order a date's events are applied in; and the outbox relay against real NATS."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 import uuid
 from collections.abc import AsyncIterator
 
+import nats
+import nats.js.errors
 import pytest
 import redis.asyncio as redis
+from nats.js.api import DiscardPolicy, StreamConfig
 
-from parking_community.domain import EveningBooking, ParkingLotEvent, ParkingLotEventKind
+from parking_community.domain import (
+    BookingState,
+    EveningBooking,
+    ParkingLotEvent,
+    ParkingLotEventKind,
+)
+from parking_community.events import OutboxRelay, booking_event, stream_name
 from parking_community.store import Store
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 D = dt.date(2026, 12, 1)
 
 
@@ -65,3 +77,41 @@ async def test_fully_occupied_applied_after_a_later_vacated_leaves_the_day_open(
     )
     [day] = await store.days([D])
     assert (day.fully_occupied, day.taken) == (True, 6)
+
+
+async def test_the_relay_removes_only_the_acknowledged_prefix(store: Store) -> None:
+    """A stream that refuses a second event per subject fails the middle of three: the
+    first is removed, the failed one and the one after it stay, in order."""
+    namespace = store.prefix.split(":")[0]
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    name = stream_name(namespace, "community")
+    try:
+        await js.add_stream(
+            StreamConfig(
+                name=name,
+                subjects=[f"{namespace}.community.>"],
+                max_msgs_per_subject=1,
+                discard=DiscardPolicy.NEW,
+                discard_new_per_subject=True,
+            )
+        )
+        booked, canceled = (
+            booking_event("evening_space_booked"),
+            booking_event("evening_booking_canceled"),
+        )
+        booking = EveningBooking("b", "rosa", D, BookingState.CONFIRMED, 1, 1)
+        rows = [booked(booking), booked(booking), canceled(booking)]
+        async with store.redis.pipeline(transaction=True) as pipe:
+            for event_id, envelope in rows:
+                pipe.rpush(store.prefix + "outbox", event_id)
+                pipe.hset(store.prefix + "outbox:msg", event_id, envelope)
+            await pipe.execute()
+        relay = OutboxRelay(js, store, namespace, asyncio.Event())
+        with pytest.raises(RuntimeError, match="not acknowledged"):
+            await relay.publish_some()
+        assert [i for i, _ in await store.outbox(10)] == [rows[1][0], rows[2][0]]
+    finally:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+        await nc.close()
