@@ -5,13 +5,17 @@ keys means UNAVAILABLE, not a refusal of the caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
+import nats.js.errors
 import parking_sdk
 import pytest
+import redis.asyncio as redis
 from nats.js import JetStreamContext
 from parking_sdk.testing import LocalCluster
 from parking_sdk.v1 import community_pb2, community_pb2_grpc, parking_lot_pb2
@@ -20,6 +24,7 @@ from parking_community.events import DURABLE, stream_name
 from parking_community.store import Store
 
 from .conftest import (
+    REDIS_URL,
     CommunityProcess,
     connect,
     eventually,
@@ -61,7 +66,11 @@ async def test_a_redelivered_event_changes_nothing(
         return community.metric("community_events_duplicate_total") == duplicates + 1
 
     await eventually(handled, "the duplicate to be taken and recognised")
-    assert await settled(js, cluster.namespace)
+
+    async def acked() -> bool:
+        return await settled(js, cluster.namespace)
+
+    await eventually(acked, "the duplicate to be acknowledged")
     async with connect(cluster, "rosa") as rosa:
         assert await offer(rosa, date) == before
 
@@ -118,15 +127,68 @@ async def test_stopped_then_started_late(
         assert (await offer(admin, dates[1])).occupied == 2
 
 
-async def test_no_token_keys_is_unavailable(
-    cluster: LocalCluster, community: CommunityProcess, tmp_path_factory: pytest.TempPathFactory
+@pytest.fixture
+async def own_namespace(cluster: LocalCluster, js: JetStreamContext) -> AsyncIterator[str]:
+    """A namespace of its own for a throwaway instance, so it never joins the shared
+    durable consumer (and acks events into a store no one reads); removed afterwards."""
+    namespace = f"{cluster.namespace}-{uuid.uuid4().hex[:6]}"
+    yield namespace
+    for context in ("community", "parkinglot"):
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(stream_name(namespace, context))
+    client = redis.Redis.from_url(REDIS_URL)
+    await Store(client, namespace).delete_all()
+    await client.aclose()
+
+
+async def test_parking_lots_stream_is_never_declared_by_community(
+    cluster: LocalCluster,
+    js: JetStreamContext,
+    own_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    # A second instance whose JWKS_URL answers nothing (it shares the durable consumer,
-    # as a replica would).
+    """The stream is ParkingLot's (declared with the deployment's STREAM_REPLICAS): started
+    first, community waits for it, and declares only its own."""
+    instance = CommunityProcess(
+        cluster,
+        tmp_path_factory.mktemp("first"),
+        port=free_port(),
+        EVENT_NAMESPACE=own_namespace,
+    )
+    await instance.start()
+    try:
+
+        async def waiting() -> bool:
+            return "waiting for the stream to be declared" in instance.log_path.read_text()
+
+        await eventually(waiting, "the service to wait for ParkingLot's stream")
+
+        async def own_declared() -> bool | None:
+            try:
+                await js.stream_info(stream_name(own_namespace, "community"))
+            except nats.js.errors.NotFoundError:
+                return None
+            return True
+
+        await eventually(own_declared, "the community's own stream")
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.stream_info(stream_name(own_namespace, "parkinglot"))
+    finally:
+        assert await instance.stop() == 0
+
+
+async def test_no_token_keys_is_unavailable(
+    cluster: LocalCluster,
+    community: CommunityProcess,
+    own_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A second instance whose JWKS_URL answers nothing.
     keyless = CommunityProcess(
         cluster,
         tmp_path_factory.mktemp("keyless"),
         port=free_port(),
+        EVENT_NAMESPACE=own_namespace,
         JWKS_URL=f"http://127.0.0.1:{free_port()}/.well-known/jwks.json",
     )
     await keyless.start()
@@ -146,7 +208,10 @@ async def test_no_token_keys_is_unavailable(
 
 
 async def test_store_down_is_unavailable(
-    cluster: LocalCluster, community: CommunityProcess, tmp_path_factory: pytest.TempPathFactory
+    cluster: LocalCluster,
+    community: CommunityProcess,
+    own_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """A second instance on a Redis of its own, which then stops: calls say UNAVAILABLE."""
     server = shutil.which("redis-server")
@@ -161,6 +226,7 @@ async def test_store_down_is_unavailable(
         cluster,
         tmp_path_factory.mktemp("storeless"),
         port=free_port(),
+        EVENT_NAMESPACE=own_namespace,
         REDIS_URL=f"redis://127.0.0.1:{port}/0",
     )
     try:
