@@ -92,7 +92,7 @@ async def test_stopped_then_started_late(
         watch = rosa.community.WatchEveningBooking(
             community_pb2.WatchEveningBookingRequest(booking_id=booking.booking_id)
         ).__aiter__()
-        await watch.__anext__()
+        await asyncio.wait_for(watch.__anext__(), 10)
         assert await community.stop() == 0
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(watch.__anext__(), 10)

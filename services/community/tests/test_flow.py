@@ -208,8 +208,8 @@ async def test_employees_push_bookings_out(
         older_watch = rosa.community.WatchEveningBooking(
             community_pb2.WatchEveningBookingRequest(booking_id=older.booking_id)
         ).__aiter__()
-        assert (await newer_watch.__anext__()).state == CONFIRMED
-        assert (await older_watch.__anext__()).state == CONFIRMED
+        assert (await asyncio.wait_for(newer_watch.__anext__(), 10)).state == CONFIRMED
+        assert (await asyncio.wait_for(older_watch.__anext__(), 10)).state == CONFIRMED
 
         async with connect(cluster, "3117") as employee:
             await reserve_confirmed(employee, 3117, date)
