@@ -81,9 +81,10 @@ async def test_stopped_then_started_late(
     store: Store,
     js: JetStreamContext,
 ) -> None:
-    """With the service stopped and its state removed (as if never deployed), the core
-    works as before and community calls are UNAVAILABLE; started, it replays the whole
-    history and its figures match ParkingLot's own."""
+    """With the service stopped and its store emptied (lost, or never deployed: its
+    durable consumer is left where it was), the core works as before and community calls
+    are UNAVAILABLE; started, it finds no record of its consumer in the store, replays the
+    whole history, and its figures match ParkingLot's own."""
     # A watch open at SIGTERM ends cleanly (the stream finishes, no error).
     async with connect(cluster, "rosa") as rosa:
         booking = await rosa.community.BookEveningSpace(
@@ -97,7 +98,6 @@ async def test_stopped_then_started_late(
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(watch.__anext__(), 10)
     await store.delete_all()
-    await js.delete_consumer(stream_name(cluster.namespace, "parkinglot"), DURABLE)
 
     dates = [seoul_day(7), seoul_day(8)]
     async with connect(cluster, "3117") as employee, connect(cluster, "6") as other:

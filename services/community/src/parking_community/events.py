@@ -162,6 +162,15 @@ class ParkingLotFollower:
         stream = await wait_for_stream(self.js, self.namespace, "parkinglot", stopping)
         if stream is None:
             return
+        if not await self.store.consumer_marked():
+            # A fresh or lost store: the consumer's position would skip what the store
+            # never got. A new consumer replays the history (applying it is idempotent).
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_consumer(stream, DURABLE)
+                log.warning(
+                    "store has no record of the consumer: replaying ParkingLot's history",
+                    extra={"stream": stream, "durable": DURABLE},
+                )
         sub = await self.js.pull_subscribe(
             f"{self.namespace}.parkinglot.>",
             durable=DURABLE,
@@ -173,6 +182,7 @@ class ParkingLotFollower:
                 max_ack_pending=4 * BATCH,
             ),
         )
+        await self.store.mark_consumer(DURABLE)
         log.info("following ParkingLot's events", extra={"stream": stream, "durable": DURABLE})
         lag = asyncio.create_task(self._report_lag(sub, stopping), name="consumer-lag")
         try:

@@ -10,6 +10,8 @@ meet. One Redis (not a cluster): the scripts build their keys from that prefix.
 - `confirmed:<date>` (sorted set): the date's confirmed booking ids by booked_at.
 - `holder:<date>:<resident>`: the resident's confirmed booking that date (one per date).
 - `request:<resident>:<request_id>`: the booking a BookEveningSpace request made.
+- `consumer`: set once the durable consumer feeds this store; missing, the service
+  replays ParkingLot's history into it.
 - `outbox` (list of event ids, in order) and `outbox:msg` (hash id -> envelope bytes):
   events written with the change that caused them, published and removed by the relay.
 - channel `changes`: a booking id, published with each change, for WatchEveningBooking.
@@ -134,6 +136,10 @@ class Store:
         return f"{self.prefix}request:{resident}:{request_id}"
 
     @property
+    def _consumer_marker(self) -> str:
+        return self.prefix + "consumer"
+
+    @property
     def _outbox(self) -> str:
         return self.prefix + "outbox"
 
@@ -162,6 +168,14 @@ class Store:
                 for date, capacity in changed.items():
                     pipe.hset(self._day(date), "capacity", capacity)
                 await pipe.execute()
+
+    async def consumer_marked(self) -> bool:
+        """Whether this store was filled through the durable consumer: without the mark
+        (a fresh or lost store) the consumer's position says nothing about the store."""
+        return bool(await self.redis.exists(self._consumer_marker))
+
+    async def mark_consumer(self, durable: str) -> None:
+        await self.redis.set(self._consumer_marker, durable)
 
     async def booking(self, booking_id: str) -> EveningBooking | None:
         row = await self.redis.hgetall(self._booking(booking_id))
