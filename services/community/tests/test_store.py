@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,7 +28,8 @@ from parking_community.store import Store
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
-D = dt.date(2026, 12, 1)
+#: A date ahead (a past one's keys would expire at once).
+D = dt.date.today() + dt.timedelta(days=3)
 
 
 def no_event(booking: EveningBooking) -> tuple[str, bytes]:
@@ -115,3 +117,30 @@ async def test_the_relay_removes_only_the_acknowledged_prefix(store: Store) -> N
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(name)
         await nc.close()
+
+
+async def test_a_dates_keys_and_bookings_expire_after_the_date(store: Store) -> None:
+    await store.apply_parking_lot_events([event(ParkingLotEventKind.OCCUPIED, 1)], no_event)
+    booking = EveningBooking(str(uuid.uuid4()), "rosa", D, BookingState.CONFIRMED, 1, 1)
+    await store.book(booking, 5, "request-1", no_event)
+    keys = [
+        f"day:{D}",
+        f"processed:{D}",
+        f"confirmed:{D}",
+        f"holder:{D}:rosa",
+        f"booking:{booking.booking_id}",
+    ]
+    expected = store.expire_at(D) - time.time()
+    assert expected > 7 * 86400
+    for key in keys:
+        ttl = await store.redis.ttl(store.prefix + key)
+        assert abs(ttl - expected) < 5, f"{key}: TTL {ttl} s, expected {expected:.0f} s"
+
+    # A date past retention, replayed from history, leaves nothing behind.
+    old = dt.date.today() - dt.timedelta(days=store.retention_days + 2)
+    replayed = ParkingLotEvent(str(uuid.uuid4()), ParkingLotEventKind.OCCUPIED, old, 0, 2)
+    await store.apply_parking_lot_events([replayed], no_event)
+    assert (
+        await store.redis.exists(store.prefix + f"day:{old}", store.prefix + f"processed:{old}")
+        == 0
+    )

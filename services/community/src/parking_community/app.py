@@ -66,7 +66,7 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
     log.info("starting", extra={"settings": settings.printable()})
 
     client = await _connect_redis(settings.redis_url)
-    store = Store(client, settings.event_namespace)
+    store = Store(client, settings.event_namespace, settings.retention_days)
     verifier = TokenVerifier(settings.jwks_url, settings.token_issuer, settings.token_audience)
     verifier.start()
     # No token of the service's own: each capacity read carries its caller's.

@@ -23,6 +23,7 @@ class Settings:
     time_zone: ZoneInfo
     booking_window_days: int
     capacity_ttl_seconds: float
+    retention_days: int
 
     def printable(self) -> dict[str, str]:
         """For the start-up log line: URLs may carry passwords, so only their hosts."""
@@ -69,6 +70,12 @@ _OPTIONS = [
     ("--time-zone", "PARKING_TIME_ZONE", "Asia/Seoul", "a date is a calendar day here"),
     ("--booking-window-days", "BOOKING_WINDOW_DAYS", "30", "how far ahead booking is open"),
     ("--capacity-ttl", "CAPACITY_TTL_SECONDS", "5", "how long a capacity read is reused"),
+    (
+        "--retention-days",
+        "RETENTION_DAYS",
+        "7",
+        "days after a date its figures and bookings are kept in Redis",
+    ),
 ]
 
 
@@ -88,6 +95,9 @@ def parse(argv: list[str] | None = None) -> Settings:
         if not 1 <= replicas <= 5:
             raise ValueError(f"STREAM_REPLICAS must be 1 to 5, not {replicas}")
         ttl = float(args.capacity_ttl)
+        retention = int(args.retention_days)
+        if retention < 0:
+            raise ValueError(f"RETENTION_DAYS must be 0 or more, not {retention}")
         zone = ZoneInfo(args.time_zone)
     except (ValueError, KeyError) as error:
         parser.error(str(error))
@@ -105,4 +115,5 @@ def parse(argv: list[str] | None = None) -> Settings:
         time_zone=zone,
         booking_window_days=window,
         capacity_ttl_seconds=ttl,
+        retention_days=retention,
     )

@@ -5,7 +5,7 @@ meet. One Redis (not a cluster): the scripts build their keys from that prefix.
 
 - `day:<date>` (hash): occupied (signed), booked, fully_seq and vacated_seq (stream
   sequences of the last FullyOccupied and Vacated), capacity (last known), events.
-- `processed` (set): event ids of ParkingLot's events already applied.
+- `processed:<date>` (set): ids of the date's ParkingLot events already applied.
 - `booking:<id>` (hash): resident, date, state, booked_at, updated_at (microseconds).
 - `confirmed:<date>` (sorted set): the date's confirmed booking ids by booked_at.
 - `holder:<date>:<resident>`: the resident's confirmed booking that date (one per date).
@@ -18,6 +18,10 @@ meet. One Redis (not a cluster): the scripts build their keys from that prefix.
 
 A ParkingLot event's counters and its processed id are written by one Lua script (atomic);
 bookings change in WATCH/MULTI transactions that also write their outbox rows.
+
+A date's keys (day, processed, confirmed, holder) and its bookings expire `retention_days`
+after the date (EXPIREAT), so the store does not grow without bound (the Kubernetes Redis
+evicts nothing). An event of a date past retention, replayed from history, leaves nothing.
 """
 
 from __future__ import annotations
@@ -50,21 +54,20 @@ EventFactory = Callable[[EveningBooking], tuple[str, bytes]]
 #: How long a request_id keeps returning its first booking.
 REQUEST_TTL_SECONDS = 7 * 24 * 3600
 
-# ARGV: prefix, then (event_id, kind, date, capacity, stream sequence) per event. Returns
+# ARGV: prefix, then (event_id, kind, date, capacity, stream sequence, expire at) per event. Returns
 # how many were new, then the dates (of new and repeated events alike) where employees may
 # have pushed bookings out: a quick filter, so the Python side reads only those; the rule
 # itself is domain.bookings_to_withdraw, applied again there. The same rule as
 # domain.apply_event: whatever order a date's events arrive in, the result is the same.
 _APPLY_EVENTS = """
 local prefix = ARGV[1]
-local processed = prefix .. 'processed'
 local applied = 0
 local touched = {}
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 6 do
   local id, kind, date, capacity, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     tonumber(ARGV[i + 4])
   local day = prefix .. 'day:' .. date
-  touched[date] = day
+  local processed = prefix .. 'processed:' .. date
   if redis.call('SADD', processed, id) == 1 then
     if kind == 'occupied' then
       redis.call('HINCRBY', day, 'occupied', 1)
@@ -79,6 +82,12 @@ for i = 2, #ARGV, 5 do
     end
     redis.call('HINCRBY', day, 'events', 1)
     applied = applied + 1
+  end
+  redis.call('EXPIREAT', processed, ARGV[i + 5])
+  redis.call('EXPIREAT', day, ARGV[i + 5])
+  -- A date past retention is gone again at once: nothing to check there.
+  if redis.call('EXISTS', day) == 1 then
+    touched[date] = day
   end
 end
 local result = {applied}
@@ -111,13 +120,26 @@ class Applied:
     withdrawn: list[EveningBooking]
 
 
+#: Days after a date its keys and bookings are kept (RETENTION_DAYS).
+RETENTION_DAYS = 7
+
+
 class Store:
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, retention_days: int = RETENTION_DAYS
+    ) -> None:
         self.redis = client
+        self.retention_days = retention_days
         #: Every key of this namespace's community data starts with it.
         self.prefix = f"{namespace}:community:"
         self.changes_channel = self.prefix + "changes"
         self._apply_events = client.register_script(_APPLY_EVENTS)
+
+    def expire_at(self, date: dt.date) -> int:
+        """When a date's keys go (seconds since the epoch): `retention_days` after the
+        date's end, in UTC (a day's margin over any time zone)."""
+        end = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
+        return int((end + dt.timedelta(days=self.retention_days + 1)).timestamp())
 
     # keys
     def _day(self, date: dt.date) -> str:
@@ -167,6 +189,7 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for date, capacity in changed.items():
                     pipe.hset(self._day(date), "capacity", capacity)
+                    pipe.expireat(self._day(date), self.expire_at(date))
                 await pipe.execute()
 
     async def consumer_marked(self) -> bool:
@@ -197,6 +220,7 @@ class Store:
                 event.date.isoformat(),
                 event.capacity,
                 event.seq,
+                self.expire_at(event.date),
             ]
         new, *crowded = await self._apply_events(args=args)
         # The script names duplicates' dates too: a crash after it and before the
@@ -277,12 +301,14 @@ class Store:
                         },
                     )
                     pipe.zadd(self._confirmed(date), {booking.booking_id: booking.booked_at_us})
-                    pipe.set(holder_key, booking.booking_id)
+                    pipe.set(holder_key, booking.booking_id, exat=self.expire_at(date))
                     if request_key:
                         pipe.set(request_key, booking.booking_id, ex=REQUEST_TTL_SECONDS)
                     pipe.hincrby(day_key, "booked", 1)
                     if day.known_capacity != capacity:
                         pipe.hset(day_key, "capacity", capacity)
+                    for key in (self._booking(booking.booking_id), self._confirmed(date), day_key):
+                        pipe.expireat(key, self.expire_at(date))
                     self._stage_event(pipe, booking, booked_event)
                     await pipe.execute()
                     return booking, True
