@@ -248,6 +248,42 @@ async def test_employees_push_bookings_out(
     await eventually(withdrawn, "EveningBookingWithdrawn for both bookings")
 
 
+async def test_a_lowered_capacity_withdraws_bookings_at_once(
+    cluster: LocalCluster, community: CommunityProcess
+) -> None:
+    """An admin lowers the day's capacity below the residents' bookings: the next capacity
+    read withdraws the newest, with no ParkingLot event for the date."""
+    date = seoul_day(10)
+    async with connect(cluster, "rosa") as rosa, connect(cluster, "ravi") as ravi:
+        older = await rosa.community.BookEveningSpace(book(date))
+        newer = await ravi.community.BookEveningSpace(book(date))
+        watch = ravi.community.WatchEveningBooking(
+            community_pb2.WatchEveningBookingRequest(booking_id=newer.booking_id)
+        ).__aiter__()
+        assert (await asyncio.wait_for(watch.__anext__(), 10)).state == CONFIRMED
+        async with connect(cluster, "admin") as admin:
+            await admin.parking_lot.SetDailyCapacity(
+                parking_lot_pb2.SetDailyCapacityRequest(date=date, capacity=1)
+            )
+
+        async def lowered() -> community_pb2.EveningOffer | None:
+            # The service reuses a capacity it read for CAPACITY_TTL_SECONDS (5).
+            seen = await offer(rosa, date)
+            return seen if seen.capacity == 1 else None
+
+        now = await eventually(lowered, "the lowered capacity")
+        assert (now.occupied, now.booked, now.free) == (0, 1, 0)
+        assert (await asyncio.wait_for(watch.__anext__(), 10)).state == WITHDRAWN
+        still = (
+            await rosa.community.WatchEveningBooking(
+                community_pb2.WatchEveningBookingRequest(booking_id=older.booking_id)
+            )
+            .__aiter__()
+            .__anext__()
+        )
+        assert still.state == CONFIRMED
+
+
 async def test_two_residents_race_for_the_last_space(
     cluster: LocalCluster, community: CommunityProcess
 ) -> None:
