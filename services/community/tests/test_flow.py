@@ -70,6 +70,9 @@ async def test_a_resident_books_watches_and_cancels(
         # The same request again returns the first booking; a new one is refused.
         again = await rosa.community.BookEveningSpace(book(date, "rosa-1"))
         assert again.booking_id == booking.booking_id
+        # The same request_id for another date is a client's mistake, not a retry.
+        with pytest.raises(parking_sdk.InvalidArgument, match="request_id"):
+            await rosa.community.BookEveningSpace(book(seoul_day(9), "rosa-1"))
         with pytest.raises(parking_sdk.AlreadyExists, match="already holds"):
             await rosa.community.BookEveningSpace(book(date, "rosa-2"))
 
@@ -85,6 +88,9 @@ async def test_a_resident_books_watches_and_cancels(
         assert canceled.state == CANCELED
         seen = await asyncio.wait_for(watch.__anext__(), 5)
         assert (seen.booking_id, seen.state) == (booking.booking_id, CANCELED)
+        # Cancelled is final: the watch ends.
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(watch.__anext__(), 5)
         assert (await offer(rosa, date)).free == free_before
 
         with pytest.raises(parking_sdk.FailedPrecondition, match="already canceled"):

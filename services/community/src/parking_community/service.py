@@ -190,7 +190,8 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
                 booking = await self._found(booking_id)
                 domain.check_may_watch(caller, booking)
                 yield to_message(booking)
-                while await changed.get():
+                # Cancelled or withdrawn is final: nothing more to watch.
+                while booking.state is BookingState.CONFIRMED and await changed.get():
                     now = await self._found(booking_id)
                     if now != booking:
                         booking = now

@@ -281,6 +281,13 @@ class Store:
                     if request_key and (earlier := await pipe.get(request_key)):
                         first = await self.booking(_text(earlier))
                         if first is not None:
+                            if first.date != date:
+                                raise Refusal(
+                                    RefusalKind.INVALID_ARGUMENT,
+                                    f"request_id {request_id!r} booked {first.date} "
+                                    f"(booking {first.booking_id}), not {date}: a retry "
+                                    "repeats its request; a new request needs a new request_id",
+                                )
                             return first, False
                     if held := await pipe.get(holder_key):
                         raise Refusal(
