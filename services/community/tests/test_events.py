@@ -5,17 +5,25 @@ keys means UNAVAILABLE, not a refusal of the caller."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import http.server
+import json
 import shutil
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import jwt
 import nats.js.errors
 import parking_sdk
 import pytest
 import redis.asyncio as redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nats.js import JetStreamContext
 from parking_sdk.testing import LocalCluster
 from parking_sdk.v1 import community_pb2, community_pb2_grpc, parking_lot_pb2
@@ -247,4 +255,78 @@ async def test_store_down_is_unavailable(
     finally:
         redis_server.kill()
         await asyncio.to_thread(redis_server.wait, 10)
+        assert await instance.stop() == 0
+
+
+async def test_a_caller_parking_lot_refuses_gets_the_refusal(
+    cluster: LocalCluster,
+    own_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A token this instance trusts (its JWKS_URL serves a key of the test's own) but the
+    gateway does not: ParkingLot's refusal is passed on, not answered from the capacity
+    the store knows (that fallback is for ParkingLot being unreachable)."""
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwk = {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "alg": "EdDSA",
+        "use": "sig",
+        "kid": "test-own-key",
+        "x": base64.urlsafe_b64encode(public).rstrip(b"=").decode(),
+    }
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    keys = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=keys.serve_forever, daemon=True).start()
+    date = seoul_day(2)
+    client = redis.Redis.from_url(REDIS_URL)
+    await client.hset(f"{own_namespace}:community:day:{date}", "capacity", 5)
+    await client.aclose()
+    instance = CommunityProcess(
+        cluster,
+        tmp_path_factory.mktemp("own-keys"),
+        port=free_port(),
+        EVENT_NAMESPACE=own_namespace,
+        JWKS_URL=f"http://127.0.0.1:{keys.server_port}/.well-known/jwks.json",
+    )
+    try:
+        await instance.start()
+        now = int(time.time())
+        token = jwt.encode(
+            {
+                "iss": cluster.issuer,
+                "aud": cluster.audience,
+                "sub": "rosa",
+                "role": "resident",
+                "iat": now,
+                "exp": now + 300,
+            },
+            key,
+            algorithm="EdDSA",
+            headers={"kid": "test-own-key"},
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance.port}") as channel:
+            direct = community_pb2_grpc.CommunityParkingServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await direct.ListEveningOffers(
+                    community_pb2.ListEveningOffersRequest(from_date=date, days=1),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "ParkingLot" in (refused.value.details() or "")
+    finally:
+        keys.shutdown()
+        keys.server_close()
         assert await instance.stop() == 0
