@@ -341,8 +341,10 @@ class OutboxRelay:
             ),
             return_exceptions=True,
         )
-        # Only the acknowledged prefix is removed: a failed event is retried before any
-        # that follows it, so subscribers see the outbox's order.
+        # Only the acknowledged prefix is removed: the outbox keeps a failed event ahead
+        # of those after it, and all are sent again together (those JetStream already
+        # stored are dropped as duplicates by their Nats-Msg-Id). With acks in flight, an
+        # event after a failed one may still reach the stream before it.
         sent: list[str] = []
         for (event_id, _), ack in zip(rows, acks, strict=True):
             if isinstance(ack, BaseException):
