@@ -5,7 +5,7 @@ The consumer is this service's own (`community-evening-offers`), delivers everyt
 the stream's start (so its first start replays history), takes what is ready in batches,
 writes each batch to Redis (idempotent by event id), and only then acks. The relay
 publishes the outbox in order with `Nats-Msg-Id = event_id` (JetStream drops a re-published
-duplicate), many acks in flight, and removes what was acknowledged.
+duplicate), many acks in flight, and removes the acknowledged prefix.
 """
 
 from __future__ import annotations
