@@ -153,8 +153,10 @@ ensure_pg_database() {
 }
 
 # ensure_redis: the community service's store. Uses REDIS_URL if set; else 127.0.0.1:6379
-# if listening; else starts Debian's redis-server there (installing it if it can), with no
-# persistence, and exports REDIS_STARTED_PID so the caller can stop it (stop_redis).
+# if listening; else starts Debian's redis-server there (installing it if it can), persisting
+# to var/redis (append-only file: the community's store survives a restart, as NATS keeps
+# its consumer's position in var/nats), and exports REDIS_STARTED_PID so the caller can
+# stop it (stop_redis).
 ensure_redis() {
   if [ -n "${REDIS_URL:-}" ]; then
     say "Redis: using REDIS_URL"
@@ -168,9 +170,10 @@ ensure_redis() {
     say "Redis: installing redis-server from Debian's packages"
     apt_install redis-server || { say "cannot install redis-server; set REDIS_URL to a Redis"; return 1; }
   fi
-  mkdir -p var
-  say "Redis: starting redis-server on 127.0.0.1:6379 (log in var/redis.log)"
-  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no >var/redis.log 2>&1 &
+  mkdir -p var/redis
+  say "Redis: starting redis-server on 127.0.0.1:6379 (data in var/redis, log in var/redis.log)"
+  redis-server --bind 127.0.0.1 --port 6379 --dir "$PWD/var/redis" --save '' --appendonly yes \
+    >var/redis.log 2>&1 &
   export REDIS_STARTED_PID=$!
   wait_listening 127.0.0.1 6379 20 || { say "redis-server did not start; see var/redis.log"; return 1; }
 }

@@ -96,14 +96,23 @@ def expected(events: list[tuple[str, bytes, str]]) -> Counter[str]:
     return occupied
 
 
-async def wait_applied(client: redis.Redis, store: Store, count: int, within: float) -> float:
-    """Seconds until the processed set holds `count` event ids."""
+async def applied(client: redis.Redis, store: Store, dates: list[str]) -> int:
+    """Event ids in the dates' processed sets."""
+    async with client.pipeline(transaction=False) as pipe:
+        for date in dates:
+            pipe.scard(f"{store.prefix}processed:{date}")
+        return sum(int(n) for n in await pipe.execute())
+
+
+async def wait_applied(
+    client: redis.Redis, store: Store, dates: list[str], count: int, within: float
+) -> float:
+    """Seconds until the dates' processed sets hold `count` event ids."""
     started = time.perf_counter()
-    key = store.prefix + "processed"
-    while int(await client.scard(key)) < count:
+    while (done := await applied(client, store, dates)) < count:
         if time.perf_counter() - started > within:
-            raise TimeoutError(f"only {await client.scard(key)} of {count} applied")
-        await asyncio.sleep(0.02)
+            raise TimeoutError(f"only {done} of {count} applied")
+        await asyncio.sleep(0.05)
     return time.perf_counter() - started
 
 
@@ -123,7 +132,7 @@ async def main() -> None:
     store = Store(client, namespace)
     process: subprocess.Popen[bytes] | None = None
     try:
-        await ensure_stream(js, namespace, "parkinglot")
+        await ensure_stream(js, namespace, "parkinglot", 1)
         past = history(args.events, args.dates)
         seconds = await publish(js, namespace, past)
         print(
@@ -142,7 +151,8 @@ async def main() -> None:
         process = subprocess.Popen(  # noqa: ASYNC220 (spawns; never waits here)
             [sys.executable, "-m", "parking_community"], env=env, stderr=subprocess.DEVNULL
         )
-        await wait_applied(client, store, len(past), within=600)
+        dates = sorted({date for _, _, date in past})
+        await wait_applied(client, store, dates, len(past), within=600)
         catch_up = time.perf_counter() - started
         print(
             f"cold start: {len(past)} events applied {catch_up:.2f} s after the process "
@@ -157,7 +167,7 @@ async def main() -> None:
             more = history(args.steady, args.dates, first=args.events)
             started = time.perf_counter()
             await publish(js, namespace, more)
-            await wait_applied(client, store, len(past) + len(more), within=600)
+            await wait_applied(client, store, dates, len(past) + len(more), within=600)
             steady = time.perf_counter() - started
             print(
                 f"steady state: {len(more)} events published and applied in {steady:.2f} s "

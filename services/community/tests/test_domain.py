@@ -22,8 +22,8 @@ from parking_community.domain import (
 D = dt.date(2026, 12, 1)
 
 
-def event(kind: ParkingLotEventKind, capacity: int = 0) -> ParkingLotEvent:
-    return ParkingLotEvent("e", kind, D, capacity)
+def event(kind: ParkingLotEventKind, capacity: int = 0, seq: int = 0) -> ParkingLotEvent:
+    return ParkingLotEvent("e", kind, D, capacity, seq)
 
 
 def test_free_spaces_never_below_zero_and_none_when_fully_occupied() -> None:
@@ -37,12 +37,33 @@ def test_events_move_the_day() -> None:
     day = domain.apply_event(day, event(ParkingLotEventKind.OCCUPIED))
     day = domain.apply_event(day, event(ParkingLotEventKind.OCCUPIED))
     assert day.occupied == 2
-    day = domain.apply_event(day, event(ParkingLotEventKind.FULLY_OCCUPIED, capacity=2))
+    day = domain.apply_event(day, event(ParkingLotEventKind.FULLY_OCCUPIED, capacity=2, seq=3))
     assert (day.fully_occupied, day.known_capacity) == (True, 2)
-    # A freed space reopens the day.
-    day = domain.apply_event(day, event(ParkingLotEventKind.VACATED))
+    # A later freed space reopens the day; a later Occupied does not close it again.
+    day = domain.apply_event(day, event(ParkingLotEventKind.VACATED, seq=4))
     assert (day.occupied, day.fully_occupied) == (1, False)
-    assert domain.apply_event(Day(), event(ParkingLotEventKind.VACATED)).occupied == 0
+    day = domain.apply_event(day, event(ParkingLotEventKind.OCCUPIED, seq=5))
+    assert (day.occupied, day.fully_occupied) == (2, False)
+
+
+def test_a_vacated_before_its_occupied_is_made_up() -> None:
+    day = domain.apply_event(Day(), event(ParkingLotEventKind.VACATED, seq=2))
+    assert (day.occupied, day.taken) == (-1, 0)
+    assert domain.offer(D, day, 5).occupied == 0
+    day = domain.apply_event(day, event(ParkingLotEventKind.OCCUPIED, seq=1))
+    assert (day.occupied, day.taken) == (0, 0)
+
+
+def test_fully_occupied_applied_after_a_later_vacated_leaves_the_day_open() -> None:
+    # In the stream: FullyOccupied (7), then Vacated (9); applied the other way round.
+    day = domain.apply_event(Day(occupied=5), event(ParkingLotEventKind.VACATED, seq=9))
+    day = domain.apply_event(day, event(ParkingLotEventKind.FULLY_OCCUPIED, capacity=5, seq=7))
+    assert not day.fully_occupied
+    assert domain.free_spaces(day, 5) == 1
+    # Applied in stream order, the same result.
+    same = domain.apply_event(Day(occupied=5), event(ParkingLotEventKind.FULLY_OCCUPIED, 5, 7))
+    same = domain.apply_event(same, event(ParkingLotEventKind.VACATED, seq=9))
+    assert (same.fully_occupied, same.occupied) == (day.fully_occupied, day.occupied)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,9 @@ async def test_a_resident_books_watches_and_cancels(
         # The same request again returns the first booking; a new one is refused.
         again = await rosa.community.BookEveningSpace(book(date, "rosa-1"))
         assert again.booking_id == booking.booking_id
+        # The same request_id for another date is a client's mistake, not a retry.
+        with pytest.raises(parking_sdk.InvalidArgument, match="request_id"):
+            await rosa.community.BookEveningSpace(book(seoul_day(9), "rosa-1"))
         with pytest.raises(parking_sdk.AlreadyExists, match="already holds"):
             await rosa.community.BookEveningSpace(book(date, "rosa-2"))
 
@@ -85,6 +88,9 @@ async def test_a_resident_books_watches_and_cancels(
         assert canceled.state == CANCELED
         seen = await asyncio.wait_for(watch.__anext__(), 5)
         assert (seen.booking_id, seen.state) == (booking.booking_id, CANCELED)
+        # Cancelled is final: the watch ends.
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(watch.__anext__(), 5)
         assert (await offer(rosa, date)).free == free_before
 
         with pytest.raises(parking_sdk.FailedPrecondition, match="already canceled"):
@@ -208,8 +214,8 @@ async def test_employees_push_bookings_out(
         older_watch = rosa.community.WatchEveningBooking(
             community_pb2.WatchEveningBookingRequest(booking_id=older.booking_id)
         ).__aiter__()
-        assert (await newer_watch.__anext__()).state == CONFIRMED
-        assert (await older_watch.__anext__()).state == CONFIRMED
+        assert (await asyncio.wait_for(newer_watch.__anext__(), 10)).state == CONFIRMED
+        assert (await asyncio.wait_for(older_watch.__anext__(), 10)).state == CONFIRMED
 
         async with connect(cluster, "3117") as employee:
             await reserve_confirmed(employee, 3117, date)
@@ -246,6 +252,42 @@ async def test_employees_push_bookings_out(
         return ids if {older.booking_id, newer.booking_id} <= ids else None
 
     await eventually(withdrawn, "EveningBookingWithdrawn for both bookings")
+
+
+async def test_a_lowered_capacity_withdraws_bookings_at_once(
+    cluster: LocalCluster, community: CommunityProcess
+) -> None:
+    """An admin lowers the day's capacity below the residents' bookings: the next capacity
+    read withdraws the newest, with no ParkingLot event for the date."""
+    date = seoul_day(10)
+    async with connect(cluster, "rosa") as rosa, connect(cluster, "ravi") as ravi:
+        older = await rosa.community.BookEveningSpace(book(date))
+        newer = await ravi.community.BookEveningSpace(book(date))
+        watch = ravi.community.WatchEveningBooking(
+            community_pb2.WatchEveningBookingRequest(booking_id=newer.booking_id)
+        ).__aiter__()
+        assert (await asyncio.wait_for(watch.__anext__(), 10)).state == CONFIRMED
+        async with connect(cluster, "admin") as admin:
+            await admin.parking_lot.SetDailyCapacity(
+                parking_lot_pb2.SetDailyCapacityRequest(date=date, capacity=1)
+            )
+
+        async def lowered() -> community_pb2.EveningOffer | None:
+            # The service reuses a capacity it read for CAPACITY_TTL_SECONDS (5).
+            seen = await offer(rosa, date)
+            return seen if seen.capacity == 1 else None
+
+        now = await eventually(lowered, "the lowered capacity")
+        assert (now.occupied, now.booked, now.free) == (0, 1, 0)
+        assert (await asyncio.wait_for(watch.__anext__(), 10)).state == WITHDRAWN
+        still = (
+            await rosa.community.WatchEveningBooking(
+                community_pb2.WatchEveningBookingRequest(booking_id=older.booking_id)
+            )
+            .__aiter__()
+            .__anext__()
+        )
+        assert still.state == CONFIRMED
 
 
 async def test_two_residents_race_for_the_last_space(

@@ -66,7 +66,7 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
     log.info("starting", extra={"settings": settings.printable()})
 
     client = await _connect_redis(settings.redis_url)
-    store = Store(client, settings.event_namespace)
+    store = Store(client, settings.event_namespace, settings.retention_days)
     verifier = TokenVerifier(settings.jwks_url, settings.token_issuer, settings.token_audience)
     verifier.start()
     # No token of the service's own: each capacity read carries its caller's.
@@ -106,7 +106,9 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
             events.booking_event("evening_booking_withdrawn"),
             outbox_written,
         )
-        relay = events.OutboxRelay(js, store, settings.event_namespace, outbox_written)
+        relay = events.OutboxRelay(
+            js, store, settings.event_namespace, outbox_written, settings.stream_replicas
+        )
         try:
             await asyncio.gather(
                 _supervised("ParkingLot follower", lambda: follower.run(stopping), stopping),

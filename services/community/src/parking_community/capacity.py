@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: How long one call to GetDailyAvailability may take.
 CALL_TIMEOUT_SECONDS = 3.0
+#: ParkingLot turned the caller down: passed on, never answered from the stored capacity
+#: (the fallback is for ParkingLot being unreachable, not for a caller it refuses).
+REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 class CapacityReader:
@@ -39,7 +42,8 @@ class CapacityReader:
         self, dates: Sequence[dt.date], days: Sequence[Day], token: str
     ) -> dict[dt.date, int]:
         """Each date's capacity: fresh from the cache, else read; when ParkingLot cannot
-        be read, the last capacity the store knows; else the read's error as a Refusal."""
+        be read, the last capacity the store knows; else (and always when ParkingLot
+        refused the caller) the read's error as a Refusal."""
         now = time.monotonic()
         result: dict[dt.date, int] = {}
         missing = []
@@ -59,7 +63,7 @@ class CapacityReader:
                 result[date] = read
             elif isinstance(read, errors.ParkingError):
                 fallback = known[date].known_capacity
-                if fallback is None:
+                if fallback is None or read.status in REFUSED:
                     raise _refusal(date, read)
                 log.warning(
                     "capacity read failed; using the last known",

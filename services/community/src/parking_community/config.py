@@ -14,6 +14,7 @@ class Settings:
     metrics_listen: str
     nats_url: str
     event_namespace: str
+    stream_replicas: int
     redis_url: str
     jwks_url: str
     token_issuer: str
@@ -22,6 +23,7 @@ class Settings:
     time_zone: ZoneInfo
     booking_window_days: int
     capacity_ttl_seconds: float
+    retention_days: int
 
     def printable(self) -> dict[str, str]:
         """For the start-up log line: URLs may carry passwords, so only their hosts."""
@@ -44,6 +46,12 @@ _OPTIONS = [
     ("--metrics-listen", "METRICS_LISTEN", "127.0.0.1:9464", "Prometheus /metrics address"),
     ("--nats-url", "NATS_URL", "nats://127.0.0.1:4222", "NATS server(s), comma separated"),
     ("--event-namespace", "EVENT_NAMESPACE", "parking", "keeps streams and keys apart"),
+    (
+        "--stream-replicas",
+        "STREAM_REPLICAS",
+        "1",
+        "copies of the community's own stream (3 on a JetStream cluster)",
+    ),
     ("--redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "the community's own store"),
     (
         "--jwks-url",
@@ -62,6 +70,12 @@ _OPTIONS = [
     ("--time-zone", "PARKING_TIME_ZONE", "Asia/Seoul", "a date is a calendar day here"),
     ("--booking-window-days", "BOOKING_WINDOW_DAYS", "30", "how far ahead booking is open"),
     ("--capacity-ttl", "CAPACITY_TTL_SECONDS", "5", "how long a capacity read is reused"),
+    (
+        "--retention-days",
+        "RETENTION_DAYS",
+        "7",
+        "days after a date its figures and bookings are kept in Redis",
+    ),
 ]
 
 
@@ -77,7 +91,13 @@ def parse(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     try:
         window = int(args.booking_window_days)
+        replicas = int(args.stream_replicas)
+        if not 1 <= replicas <= 5:
+            raise ValueError(f"STREAM_REPLICAS must be 1 to 5, not {replicas}")
         ttl = float(args.capacity_ttl)
+        retention = int(args.retention_days)
+        if retention < 0:
+            raise ValueError(f"RETENTION_DAYS must be 0 or more, not {retention}")
         zone = ZoneInfo(args.time_zone)
     except (ValueError, KeyError) as error:
         parser.error(str(error))
@@ -86,6 +106,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         metrics_listen=args.metrics_listen,
         nats_url=args.nats_url,
         event_namespace=args.event_namespace,
+        stream_replicas=replicas,
         redis_url=args.redis_url,
         jwks_url=args.jwks_url,
         token_issuer=args.token_issuer,
@@ -94,4 +115,5 @@ def parse(argv: list[str] | None = None) -> Settings:
         time_zone=zone,
         booking_window_days=window,
         capacity_ttl_seconds=ttl,
+        retention_days=retention,
     )

@@ -81,12 +81,23 @@ class EveningBooking:
 class Day:
     """What the community knows of one date from ParkingLot's events and its own bookings."""
 
+    #: Occupied less Vacated: signed, since the events of a date may be applied out of
+    #: order (redeliveries, several replicas); read it through `taken`.
     occupied: int = 0
     booked: int = 0
-    #: ParkingLot turned an application away for the date and has not freed a space since.
+    #: ParkingLot turned an application away for the date and has not freed a space since:
+    #: its last FullyOccupied is later in the stream than its last Vacated.
     fully_occupied: bool = False
     #: The last capacity read from ParkingLot or carried by FullyOccupied, if any.
     known_capacity: int | None = None
+    #: Stream sequences of the date's last FullyOccupied and last Vacated (0: none).
+    fully_seq: int = 0
+    vacated_seq: int = 0
+
+    @property
+    def taken(self) -> int:
+        """Spaces employees hold: never below 0 while a Vacated waits for its Occupied."""
+        return max(0, self.occupied)
 
 
 @dataclass(frozen=True)
@@ -114,20 +125,23 @@ class ParkingLotEvent:
     date: dt.date
     #: FullyOccupied's capacity; 0 for the others.
     capacity: int = 0
+    #: Its sequence in ParkingLot's stream: orders FullyOccupied and Vacated whatever
+    #: order they are applied in.
+    seq: int = 0
 
 
 def free_spaces(day: Day, capacity: int) -> int:
     """Evening spaces left: never below 0, none on a FullyOccupied day."""
     if day.fully_occupied:
         return 0
-    return max(0, capacity - day.occupied - day.booked)
+    return max(0, capacity - day.taken - day.booked)
 
 
 def offer(date: dt.date, day: Day, capacity: int) -> EveningOffer:
     return EveningOffer(
         date=date,
         capacity=capacity,
-        occupied=day.occupied,
+        occupied=day.taken,
         booked=day.booked,
         free=free_spaces(day, capacity),
         fully_occupied=day.fully_occupied,
@@ -135,13 +149,28 @@ def offer(date: dt.date, day: Day, capacity: int) -> EveningOffer:
 
 
 def apply_event(day: Day, event: ParkingLotEvent) -> Day:
-    """The date after one of ParkingLot's events (the Redis store applies the same rule)."""
+    """The date after one of ParkingLot's events (the Redis store applies the same rule).
+    The result does not depend on the order events are applied in: counts add up, and
+    whether the day is full is decided by the stream sequences (an Occupied reopens
+    nothing)."""
     if event.kind is ParkingLotEventKind.OCCUPIED:
         return replace(day, occupied=day.occupied + 1)
     if event.kind is ParkingLotEventKind.VACATED:
-        # A freed space means the day is no longer full.
-        return replace(day, occupied=max(0, day.occupied - 1), fully_occupied=False)
-    return replace(day, fully_occupied=True, known_capacity=event.capacity)
+        vacated_seq = max(day.vacated_seq, event.seq)
+        return replace(
+            day,
+            occupied=day.occupied - 1,
+            vacated_seq=vacated_seq,
+            fully_occupied=day.fully_seq > vacated_seq,
+        )
+    if event.seq <= day.fully_seq:  # an older FullyOccupied: its capacity is stale
+        return day
+    return replace(
+        day,
+        fully_seq=event.seq,
+        known_capacity=event.capacity,
+        fully_occupied=event.seq > day.vacated_seq,
+    )
 
 
 def bookings_to_withdraw(day: Day) -> int:
@@ -150,7 +179,7 @@ def bookings_to_withdraw(day: Day) -> int:
         return day.booked
     if day.known_capacity is None:
         return 0
-    return min(day.booked, max(0, day.occupied + day.booked - day.known_capacity))
+    return min(day.booked, max(0, day.taken + day.booked - day.known_capacity))
 
 
 def check_bookable_space(date: dt.date, day: Day, capacity: int) -> None:
@@ -158,7 +187,7 @@ def check_bookable_space(date: dt.date, day: Day, capacity: int) -> None:
         reason = (
             "ParkingLot reports the day fully occupied"
             if day.fully_occupied
-            else f"capacity {capacity}, {day.occupied} taken by employees, {day.booked} booked"
+            else f"capacity {capacity}, {day.taken} taken by employees, {day.booked} booked"
         )
         raise Refusal(RefusalKind.FAILED_PRECONDITION, f"no free evening space on {date}: {reason}")
 

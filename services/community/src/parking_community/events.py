@@ -5,7 +5,7 @@ The consumer is this service's own (`community-evening-offers`), delivers everyt
 the stream's start (so its first start replays history), takes what is ready in batches,
 writes each batch to Redis (idempotent by event id), and only then acks. The relay
 publishes the outbox in order with `Nats-Msg-Id = event_id` (JetStream drops a re-published
-duplicate), many acks in flight, and removes what was acknowledged.
+duplicate), many acks in flight, and removes the acknowledged prefix.
 """
 
 from __future__ import annotations
@@ -66,9 +66,32 @@ async def connect(urls: str) -> NATS:
             await asyncio.sleep(1.0)
 
 
-async def ensure_stream(js: JetStreamContext, namespace: str, context: str) -> str:
-    """Declares `<NAMESPACE>_<CONTEXT>` as the Rust services do (or finds it), so a consumer
-    started before the stream's publisher still finds it."""
+async def wait_for_stream(
+    js: JetStreamContext, namespace: str, context: str, stopping: asyncio.Event
+) -> str | None:
+    """Waits until another context's stream exists (its owner declares it, with the
+    deployment's replicas), or None if stopping first. Never creates it: a stream
+    declared here would have this service's settings, not its owner's."""
+    name = stream_name(namespace, context)
+    waited = False
+    while not stopping.is_set():
+        try:
+            await js.stream_info(name)
+            return name
+        except nats.js.errors.NotFoundError:
+            if not waited:
+                log.info(
+                    "waiting for the stream to be declared by its owner", extra={"stream": name}
+                )
+                waited = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=1.0)
+    return None
+
+
+async def ensure_stream(js: JetStreamContext, namespace: str, context: str, replicas: int) -> str:
+    """Declares the service's own `<NAMESPACE>_<CONTEXT>` as the Rust services declare
+    theirs (or finds it), with STREAM_REPLICAS copies."""
     name = stream_name(namespace, context)
     try:
         await js.stream_info(name)
@@ -79,6 +102,7 @@ async def ensure_stream(js: JetStreamContext, namespace: str, context: str) -> s
                 subjects=[f"{namespace}.{context}.>"],
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                num_replicas=max(1, replicas),
             )
         )
     return name
@@ -111,7 +135,9 @@ def parse_parking_lot_event(msg: Msg) -> ParkingLotEvent | None:
         )
     else:
         return None
-    return ParkingLotEvent(event_id, kind, dt.date.fromisoformat(date), capacity)
+    return ParkingLotEvent(
+        event_id, kind, dt.date.fromisoformat(date), capacity, seq=msg.metadata.sequence.stream
+    )
 
 
 class ParkingLotFollower:
@@ -133,7 +159,18 @@ class ParkingLotFollower:
         self.on_withdrawn = on_withdrawn
 
     async def run(self, stopping: asyncio.Event) -> None:
-        stream = await ensure_stream(self.js, self.namespace, "parkinglot")
+        stream = await wait_for_stream(self.js, self.namespace, "parkinglot", stopping)
+        if stream is None:
+            return
+        if not await self.store.consumer_marked():
+            # A fresh or lost store: the consumer's position would skip what the store
+            # never got. A new consumer replays the history (applying it is idempotent).
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self.js.delete_consumer(stream, DURABLE)
+                log.warning(
+                    "store has no record of the consumer: replaying ParkingLot's history",
+                    extra={"stream": stream, "durable": DURABLE},
+                )
         sub = await self.js.pull_subscribe(
             f"{self.namespace}.parkinglot.>",
             durable=DURABLE,
@@ -145,6 +182,7 @@ class ParkingLotFollower:
                 max_ack_pending=4 * BATCH,
             ),
         )
+        await self.store.mark_consumer(DURABLE)
         log.info("following ParkingLot's events", extra={"stream": stream, "durable": DURABLE})
         lag = asyncio.create_task(self._report_lag(sub, stopping), name="consumer-lag")
         try:
@@ -259,15 +297,21 @@ class OutboxRelay:
     second for what an earlier run left."""
 
     def __init__(
-        self, js: JetStreamContext, store: Store, namespace: str, wake: asyncio.Event
+        self,
+        js: JetStreamContext,
+        store: Store,
+        namespace: str,
+        wake: asyncio.Event,
+        replicas: int = 1,
     ) -> None:
         self.js = js
         self.store = store
         self.namespace = namespace
         self.wake = wake
+        self.replicas = replicas
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await ensure_stream(self.js, self.namespace, "community")
+        await ensure_stream(self.js, self.namespace, "community", self.replicas)
         while True:
             try:
                 while await self.publish_some():
@@ -297,14 +341,20 @@ class OutboxRelay:
             ),
             return_exceptions=True,
         )
-        sent = [
-            row[0]
-            for row, ack in zip(rows, acks, strict=True)
-            if not isinstance(ack, BaseException)
-        ]
+        # Only the acknowledged prefix is removed: the outbox keeps a failed event ahead
+        # of those after it, and all are sent again together (those JetStream already
+        # stored are dropped as duplicates by their Nats-Msg-Id). With acks in flight, an
+        # event after a failed one may still reach the stream before it.
+        sent: list[str] = []
+        for (event_id, _), ack in zip(rows, acks, strict=True):
+            if isinstance(ack, BaseException):
+                await self.store.outbox_sent(sent)
+                metrics.PUBLISHED.inc(len(sent))
+                raise RuntimeError(
+                    f"event {event_id} not acknowledged ({ack}); it and the "
+                    f"{len(rows) - len(sent) - 1} after it are retried"
+                )
+            sent.append(event_id)
         await self.store.outbox_sent(sent)
         metrics.PUBLISHED.inc(len(sent))
-        if len(sent) < len(rows):
-            failed = next(a for a in acks if isinstance(a, BaseException))
-            raise RuntimeError(f"{len(rows) - len(sent)} events not acknowledged: {failed}")
         return len(sent)

@@ -8,6 +8,7 @@ the gRPC status of the same name and counts every call by method and code.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import uuid
@@ -91,6 +92,7 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
         self.calendar = calendar
         self._booked = booking_event("evening_space_booked")
         self._canceled = booking_event("evening_booking_canceled")
+        self._withdrawn = booking_event("evening_booking_withdrawn")
         #: Set when the outbox has something new: wakes the relay.
         self.outbox_written: Callable[[], None] = lambda: None
 
@@ -111,8 +113,9 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
         _, token = await self._caller(context)
         dates = self.calendar.offer_dates(request.from_date, request.days)
         days = await self.store.days(dates)
-        capacities = await self.capacity.capacities(dates, days, token)
-        await self.store.remember_capacities(capacities, days)
+        capacities, withdrew = await self._capacities(dates, days, token)
+        if withdrew:
+            days = await self.store.days(dates)
         offers = [
             domain.offer(date, day, capacities[date]) for date, day in zip(dates, days, strict=True)
         ]
@@ -143,7 +146,7 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
                 f"request_id is longer than {MAX_REQUEST_ID} characters",
             )
         [day] = await self.store.days([date])
-        capacity = (await self.capacity.capacities([date], [day], token))[date]
+        capacity = (await self._capacities([date], [day], token))[0][date]
         now = now_us()
         booking = EveningBooking(
             booking_id=str(uuid.uuid4()),
@@ -187,7 +190,8 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
                 booking = await self._found(booking_id)
                 domain.check_may_watch(caller, booking)
                 yield to_message(booking)
-                while await changed.get():
+                # Cancelled or withdrawn is final: nothing more to watch.
+                while booking.state is BookingState.CONFIRMED and await changed.get():
                     now = await self._found(booking_id)
                     if now != booking:
                         booking = now
@@ -203,6 +207,28 @@ class CommunityService(community_pb2_grpc.CommunityParkingServiceServicer):
             raise
         finally:
             metrics.CALLS.labels("WatchEveningBooking", code).inc()
+
+    async def _capacities(
+        self, dates: list[dt.date], days: list[domain.Day], token: str
+    ) -> tuple[dict[dt.date, int], bool]:
+        """The dates' capacities, kept in the store, and whether bookings were withdrawn:
+        a capacity lowered below what employees and residents hold withdraws the newest
+        bookings now, not at the date's next ParkingLot event."""
+        capacities = await self.capacity.capacities(dates, days, token)
+        await self.store.remember_capacities(capacities, days)
+        withdrew = False
+        for date, day in zip(dates, days, strict=True):
+            if day.booked > 0 and capacities[date] < day.taken + day.booked:
+                withdrawn = await self.store.withdraw_pushed_out(date, self._withdrawn)
+                for booking in withdrawn:
+                    log.info(
+                        "evening booking withdrawn: the lot's capacity was lowered",
+                        extra={"booking_id": booking.booking_id, "date": date.isoformat()},
+                    )
+                if withdrawn:
+                    withdrew = True
+                    self.outbox_written()
+        return capacities, withdrew
 
     async def _found(self, booking_id: str) -> EveningBooking:
         booking = await self.store.booking(booking_id)

@@ -3,18 +3,25 @@
 Every key starts with `<namespace>:community:` so runs with different EVENT_NAMESPACEs never
 meet. One Redis (not a cluster): the scripts build their keys from that prefix.
 
-- `day:<date>` (hash): occupied, booked, fully (0/1), capacity (last known), events.
-- `processed` (set): event ids of ParkingLot's events already applied.
+- `day:<date>` (hash): occupied (signed), booked, fully_seq and vacated_seq (stream
+  sequences of the last FullyOccupied and Vacated), capacity (last known), events.
+- `processed:<date>` (set): ids of the date's ParkingLot events already applied.
 - `booking:<id>` (hash): resident, date, state, booked_at, updated_at (microseconds).
 - `confirmed:<date>` (sorted set): the date's confirmed booking ids by booked_at.
 - `holder:<date>:<resident>`: the resident's confirmed booking that date (one per date).
 - `request:<resident>:<request_id>`: the booking a BookEveningSpace request made.
+- `consumer`: set once the durable consumer feeds this store; missing, the service
+  replays ParkingLot's history into it.
 - `outbox` (list of event ids, in order) and `outbox:msg` (hash id -> envelope bytes):
   events written with the change that caused them, published and removed by the relay.
 - channel `changes`: a booking id, published with each change, for WatchEveningBooking.
 
 A ParkingLot event's counters and its processed id are written by one Lua script (atomic);
 bookings change in WATCH/MULTI transactions that also write their outbox rows.
+
+A date's keys (day, processed, confirmed, holder) and its bookings expire `retention_days`
+after the date (EXPIREAT), so the store does not grow without bound (the Kubernetes Redis
+evicts nothing). An event of a date past retention, replayed from history, leaves nothing.
 """
 
 from __future__ import annotations
@@ -47,42 +54,51 @@ EventFactory = Callable[[EveningBooking], tuple[str, bytes]]
 #: How long a request_id keeps returning its first booking.
 REQUEST_TTL_SECONDS = 7 * 24 * 3600
 
-# ARGV: prefix, then (event_id, kind, date, capacity) per event. Returns how many were new,
-# then the dates (of new and repeated events alike) where employees may have pushed
-# bookings out: a quick filter, so the Python side reads only those; the rule itself is
-# domain.bookings_to_withdraw, applied again there.
+# ARGV: prefix, then (event_id, kind, date, capacity, stream sequence, expire at) per event. Returns
+# how many were new, then the dates (of new and repeated events alike) where employees may
+# have pushed bookings out: a quick filter, so the Python side reads only those; the rule
+# itself is domain.bookings_to_withdraw, applied again there. The same rule as
+# domain.apply_event: whatever order a date's events arrive in, the result is the same.
 _APPLY_EVENTS = """
 local prefix = ARGV[1]
-local processed = prefix .. 'processed'
 local applied = 0
 local touched = {}
-for i = 2, #ARGV, 4 do
-  local id, kind, date, capacity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 2, #ARGV, 6 do
+  local id, kind, date, capacity, seq = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    tonumber(ARGV[i + 4])
   local day = prefix .. 'day:' .. date
-  touched[date] = day
+  local processed = prefix .. 'processed:' .. date
   if redis.call('SADD', processed, id) == 1 then
     if kind == 'occupied' then
       redis.call('HINCRBY', day, 'occupied', 1)
     elseif kind == 'vacated' then
-      if tonumber(redis.call('HGET', day, 'occupied') or '0') > 0 then
-        redis.call('HINCRBY', day, 'occupied', -1)
+      -- Signed: a Vacated applied before its Occupied is made up when that one arrives.
+      redis.call('HINCRBY', day, 'occupied', -1)
+      if seq > tonumber(redis.call('HGET', day, 'vacated_seq') or '0') then
+        redis.call('HSET', day, 'vacated_seq', seq)
       end
-      redis.call('HSET', day, 'fully', 0)
-    else
-      redis.call('HSET', day, 'fully', 1, 'capacity', capacity)
+    elseif seq > tonumber(redis.call('HGET', day, 'fully_seq') or '0') then
+      redis.call('HSET', day, 'fully_seq', seq, 'capacity', capacity)
     end
     redis.call('HINCRBY', day, 'events', 1)
     applied = applied + 1
+  end
+  redis.call('EXPIREAT', processed, ARGV[i + 5])
+  redis.call('EXPIREAT', day, ARGV[i + 5])
+  -- A date past retention is gone again at once: nothing to check there.
+  if redis.call('EXISTS', day) == 1 then
+    touched[date] = day
   end
 end
 local result = {applied}
 for date, day in pairs(touched) do
   local booked = tonumber(redis.call('HGET', day, 'booked') or '0')
   if booked > 0 then
-    local fields = redis.call('HMGET', day, 'occupied', 'fully', 'capacity')
-    local occupied = tonumber(fields[1] or '0')
-    local capacity = tonumber(fields[3] or '-1')
-    if fields[2] == '1' or (capacity >= 0 and occupied + booked > capacity) then
+    local fields = redis.call('HMGET', day, 'occupied', 'fully_seq', 'vacated_seq', 'capacity')
+    local occupied = math.max(0, tonumber(fields[1] or '0'))
+    local fully = tonumber(fields[2] or '0') > tonumber(fields[3] or '0')
+    local capacity = tonumber(fields[4] or '-1')
+    if fully or (capacity >= 0 and occupied + booked > capacity) then
       table.insert(result, date)
     end
   end
@@ -104,13 +120,26 @@ class Applied:
     withdrawn: list[EveningBooking]
 
 
+#: Days after a date its keys and bookings are kept (RETENTION_DAYS).
+RETENTION_DAYS = 7
+
+
 class Store:
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, retention_days: int = RETENTION_DAYS
+    ) -> None:
         self.redis = client
+        self.retention_days = retention_days
         #: Every key of this namespace's community data starts with it.
         self.prefix = f"{namespace}:community:"
         self.changes_channel = self.prefix + "changes"
         self._apply_events = client.register_script(_APPLY_EVENTS)
+
+    def expire_at(self, date: dt.date) -> int:
+        """When a date's keys go (seconds since the epoch): `retention_days` after the
+        date's end, in UTC (a day's margin over any time zone)."""
+        end = dt.datetime.combine(date, dt.time(), tzinfo=dt.UTC)
+        return int((end + dt.timedelta(days=self.retention_days + 1)).timestamp())
 
     # keys
     def _day(self, date: dt.date) -> str:
@@ -127,6 +156,10 @@ class Store:
 
     def _request(self, resident: str, request_id: str) -> str:
         return f"{self.prefix}request:{resident}:{request_id}"
+
+    @property
+    def _consumer_marker(self) -> str:
+        return self.prefix + "consumer"
 
     @property
     def _outbox(self) -> str:
@@ -156,7 +189,16 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for date, capacity in changed.items():
                     pipe.hset(self._day(date), "capacity", capacity)
+                    pipe.expireat(self._day(date), self.expire_at(date))
                 await pipe.execute()
+
+    async def consumer_marked(self) -> bool:
+        """Whether this store was filled through the durable consumer: without the mark
+        (a fresh or lost store) the consumer's position says nothing about the store."""
+        return bool(await self.redis.exists(self._consumer_marker))
+
+    async def mark_consumer(self, durable: str) -> None:
+        await self.redis.set(self._consumer_marker, durable)
 
     async def booking(self, booking_id: str) -> EveningBooking | None:
         row = await self.redis.hgetall(self._booking(booking_id))
@@ -172,7 +214,14 @@ class Store:
             return Applied(new=0, duplicates=0, withdrawn=[])
         args: list[str | int] = [self.prefix]
         for event in events:
-            args += [event.event_id, event.kind.value, event.date.isoformat(), event.capacity]
+            args += [
+                event.event_id,
+                event.kind.value,
+                event.date.isoformat(),
+                event.capacity,
+                event.seq,
+                self.expire_at(event.date),
+            ]
         new, *crowded = await self._apply_events(args=args)
         # The script names duplicates' dates too: a crash after it and before the
         # withdrawal leaves the withdrawal to the redelivery.
@@ -232,6 +281,13 @@ class Store:
                     if request_key and (earlier := await pipe.get(request_key)):
                         first = await self.booking(_text(earlier))
                         if first is not None:
+                            if first.date != date:
+                                raise Refusal(
+                                    RefusalKind.INVALID_ARGUMENT,
+                                    f"request_id {request_id!r} booked {first.date} "
+                                    f"(booking {first.booking_id}), not {date}: a retry "
+                                    "repeats its request; a new request needs a new request_id",
+                                )
                             return first, False
                     if held := await pipe.get(holder_key):
                         raise Refusal(
@@ -252,12 +308,14 @@ class Store:
                         },
                     )
                     pipe.zadd(self._confirmed(date), {booking.booking_id: booking.booked_at_us})
-                    pipe.set(holder_key, booking.booking_id)
+                    pipe.set(holder_key, booking.booking_id, exat=self.expire_at(date))
                     if request_key:
                         pipe.set(request_key, booking.booking_id, ex=REQUEST_TTL_SECONDS)
                     pipe.hincrby(day_key, "booked", 1)
                     if day.known_capacity != capacity:
                         pipe.hset(day_key, "capacity", capacity)
+                    for key in (self._booking(booking.booking_id), self._confirmed(date), day_key):
+                        pipe.expireat(key, self.expire_at(date))
                     self._stage_event(pipe, booking, booked_event)
                     await pipe.execute()
                     return booking, True
@@ -355,11 +413,15 @@ def _field(row: Row, name: str) -> str | None:
 
 def _day(row: Row) -> Day:
     capacity = _field(row, "capacity")
+    fully_seq = int(_field(row, "fully_seq") or 0)
+    vacated_seq = int(_field(row, "vacated_seq") or 0)
     return Day(
         occupied=int(_field(row, "occupied") or 0),
         booked=int(_field(row, "booked") or 0),
-        fully_occupied=_field(row, "fully") == "1",
+        fully_occupied=fully_seq > vacated_seq,
         known_capacity=None if capacity is None else int(capacity),
+        fully_seq=fully_seq,
+        vacated_seq=vacated_seq,
     )
 
 
