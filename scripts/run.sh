@@ -103,7 +103,7 @@ fi
 scheme=http
 tls() { :; }
 if [ "${MTLS:-0}" = 1 ]; then
-  [ -f var/tls/ca.pem ] || ./target/debug/parkingctl certs --dir var/tls >/dev/null
+  [ -f var/tls/community.pem ] || ./target/debug/parkingctl certs --dir var/tls >/dev/null
   scheme=https
   tls() { echo "TLS_CERT_FILE=var/tls/$1.pem TLS_KEY_FILE=var/tls/$1-key.pem TLS_CA_FILE=var/tls/ca.pem"; }
 fi
@@ -123,14 +123,15 @@ start status 50054 $(tls status)
 # The single entry point; it reaches the services at their default ports.
 # shellcheck disable=SC2046
 start gateway 8080 METRICS_LISTEN=127.0.0.1:9450 ACCOUNTS_FILE=var/accounts.yaml MESH_CONFIG=k8s/istio/delivery-destinationrule.yaml,k8s/istio/delivery-virtualservice.yaml "${gateway_key[@]}" \
-  RESERVATION_URL=$scheme://127.0.0.1:50051 PARKING_LOT_URL=$scheme://127.0.0.1:50052 DELIVERY_URL=$scheme://127.0.0.1:50053 STATUS_URL=$scheme://127.0.0.1:50054 $(tls gateway)
+  RESERVATION_URL=$scheme://127.0.0.1:50051 PARKING_LOT_URL=$scheme://127.0.0.1:50052 DELIVERY_URL=$scheme://127.0.0.1:50053 STATUS_URL=$scheme://127.0.0.1:50054 COMMUNITY_URL=$scheme://127.0.0.1:50055 $(tls gateway)
 for port in 50051 50052 50053 50054 8080; do
   wait_listening 127.0.0.1 "$port" 30 || { say "a service did not start; see var/log/"; exit 1; }
 done
 # The community service, after the gateway: it reads the gateway's token keys and, with
 # each caller's token, the lot's capacity through it (JWKS_URL and PARKING_API_URL default
 # to 127.0.0.1:8080); its own store is Redis, its events its own stream.
-env LISTEN_ADDR=127.0.0.1:50055 METRICS_LISTEN=127.0.0.1:9464 "$community_bin/parking-community" >var/log/community.log 2>&1 &
+# shellcheck disable=SC2046
+env LISTEN_ADDR=127.0.0.1:50055 METRICS_LISTEN=127.0.0.1:9464 $(tls community) "$community_bin/parking-community" >var/log/community.log 2>&1 &
 pids+=($!)
 wait_listening 127.0.0.1 50055 30 || { say "the community service did not start; see var/log/community.log"; exit 1; }
 

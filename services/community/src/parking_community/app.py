@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import redis.asyncio as redis
@@ -31,6 +32,18 @@ log = logging.getLogger("parking_community")
 SERVICE_NAME = community_pb2.DESCRIPTOR.services_by_name["CommunityParkingService"].full_name
 #: How long a stopping server lets calls in flight finish.
 GRACE_SECONDS = 5.0
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """mTLS when TLS_* are set: only clients with a certificate of the CA connect (the
+    gateway under MTLS=1), as the Rust services do. Read once, at start."""
+    if not settings.tls_cert_file:
+        return None
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+        root_certificates=Path(settings.tls_ca_file).read_bytes(),
+        require_client_auth=True,
+    )
 
 
 async def _supervised(
@@ -91,7 +104,12 @@ async def serve(settings: Settings, stopping: asyncio.Event | None = None) -> No
         ],
         server,
     )
-    if not server.add_insecure_port(settings.listen_addr):
+    credentials = _server_credentials(settings)
+    if credentials is not None:
+        bound = server.add_secure_port(settings.listen_addr, credentials)
+    else:
+        bound = server.add_insecure_port(settings.listen_addr)
+    if not bound:
         raise OSError(f"cannot listen on {settings.listen_addr}")
     host, _, port = settings.metrics_listen.rpartition(":")
     metrics_server, _ = start_http_server(int(port), addr=host or "127.0.0.1")

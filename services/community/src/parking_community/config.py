@@ -24,6 +24,10 @@ class Settings:
     booking_window_days: int
     capacity_ttl_seconds: float
     retention_days: int
+    # Optional mutual TLS on the gRPC port, as the Rust services: all three or none.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
     def printable(self) -> dict[str, str]:
         """For the start-up log line: URLs may carry passwords, so only their hosts."""
@@ -76,6 +80,9 @@ _OPTIONS = [
         "7",
         "days after a date its figures and bookings are kept in Redis",
     ),
+    ("--tls-cert-file", "TLS_CERT_FILE", "", "mTLS: this server's certificate (PEM)"),
+    ("--tls-key-file", "TLS_KEY_FILE", "", "mTLS: its private key (PEM)"),
+    ("--tls-ca-file", "TLS_CA_FILE", "", "mTLS: the CA every client certificate must come from"),
 ]
 
 
@@ -99,6 +106,9 @@ def parse(argv: list[str] | None = None) -> Settings:
         if retention < 0:
             raise ValueError(f"RETENTION_DAYS must be 0 or more, not {retention}")
         zone = ZoneInfo(args.time_zone)
+        tls = (args.tls_cert_file, args.tls_key_file, args.tls_ca_file)
+        if any(tls) and not all(tls):
+            raise ValueError("TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE go together")
     except (ValueError, KeyError) as error:
         parser.error(str(error))
     return Settings(
@@ -116,4 +126,7 @@ def parse(argv: list[str] | None = None) -> Settings:
         booking_window_days=window,
         capacity_ttl_seconds=ttl,
         retention_days=retention,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
+        tls_ca_file=args.tls_ca_file,
     )
