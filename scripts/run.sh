@@ -103,7 +103,7 @@ fi
 scheme=http
 tls() { :; }
 if [ "${MTLS:-0}" = 1 ]; then
-  [ -f var/tls/community.pem ] || ./target/debug/parkingctl certs --dir var/tls >/dev/null
+  [ -f var/tls/community.pem ] || ./target/debug/parkingctl certs --dir var/tls gateway reservation parking-lot delivery status community operator >/dev/null
   scheme=https
   tls() { echo "TLS_CERT_FILE=var/tls/$1.pem TLS_KEY_FILE=var/tls/$1-key.pem TLS_CA_FILE=var/tls/ca.pem"; }
 fi

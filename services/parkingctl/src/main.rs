@@ -115,7 +115,7 @@ enum Command {
         #[arg(long, default_value = "var/tls")]
         dir: PathBuf,
         /// Who gets a certificate.
-        #[arg(default_values = ["gateway", "reservation", "parking-lot", "delivery", "status", "community", "operator"])]
+        #[arg(default_values = ["gateway", "reservation", "parking-lot", "delivery", "status", "operator"])]
         names: Vec<String>,
     },
 }
