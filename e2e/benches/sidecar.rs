@@ -25,42 +25,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const POLICY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: bench}
-spec:
-  host: bench
-  trafficPolicy:
-    connectionPool:
-      http: {http2MaxRequests: 1000, http1MaxPendingRequests: 1000}
-    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: bench}
-spec:
-  hosts: [bench]
-  http:
-  - timeout: 5s
-    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "unavailable,connect-failure"}
-    route:
-    - destination: {host: bench}
-"#;
-
-async fn server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    port
-}
+// The policy, server and statistics of the mesh crate's benches.
+#[path = "../../mesh/benches/support/mod.rs"]
+mod support;
+use support::{median, percentile, server, POLICY};
 
 #[derive(Clone)]
 enum Client {
@@ -97,15 +65,6 @@ async fn closed_loop(client: &Client, calls: usize, in_flight: usize) -> Duratio
         t.await.unwrap();
     }
     start.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

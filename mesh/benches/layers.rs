@@ -17,49 +17,11 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::Layer;
 
+mod support;
+use support::{percentile, server, POLICY};
+
 static UNPARKS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
-
-const POLICY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: bench}
-spec:
-  host: bench
-  trafficPolicy:
-    connectionPool:
-      http: {http2MaxRequests: 1000, http1MaxPendingRequests: 1000}
-    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: bench}
-spec:
-  hosts: [bench]
-  http:
-  - timeout: 5s
-    retries: {attempts: 2, perTryTimeout: 2s, retryOn: "unavailable,connect-failure"}
-    route:
-    - destination: {host: bench}
-"#;
-
-async fn server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    port
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 enum Client {
     Plain(HealthClient<Channel>),
