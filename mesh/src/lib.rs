@@ -51,12 +51,14 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 pub type Request = http::Request<tonic::body::Body>;
 pub type Response = http::Response<tonic::body::Body>;
 pub type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-/// Any layer of the stack, boxed.
+/// Any layer of the stack, boxed. Every layer is always ready (`poll_ready` returns at
+/// once; a limit fails the call fast instead of making it wait), so a layer may call the
+/// one below it without a readiness wait, and without a clone where it calls only once.
 pub type MeshService = BoxCloneSyncService<Request, Response, BoxError>;
 
 /// Builds the stack of `policy` over `endpoints`.
@@ -183,6 +185,12 @@ impl MeshConfig {
 #[derive(Clone)]
 pub struct MeshClient {
     current: Arc<RwLock<MeshService>>,
+    /// Bumped by every reload, so each clone knows when its own copy is out of date.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// This clone's copy of the stack and the generation it was taken at: a call uses it
+    /// as it is, without taking the lock or cloning the stack.
+    local: MeshService,
+    seen: u64,
     /// Outlier state kept across reloads that leave a balancer's endpoints as they were.
     memory: Arc<outlier::Memory>,
 }
@@ -193,14 +201,18 @@ impl MeshClient {
         let policy = config.policy()?;
         tracing::info!(host = %config.host, ?policy, "mesh policy loaded");
         let memory = Arc::new(outlier::Memory::default());
+        let stack = build(
+            &policy,
+            &config.endpoints,
+            config.tls.as_ref(),
+            metrics,
+            &memory,
+        )?;
         Ok(Self {
-            current: Arc::new(RwLock::new(build(
-                &policy,
-                &config.endpoints,
-                config.tls.as_ref(),
-                metrics,
-                &memory,
-            )?)),
+            current: Arc::new(RwLock::new(stack.clone())),
+            generation: Arc::default(),
+            local: stack,
+            seen: 0,
             memory,
         })
     }
@@ -210,6 +222,7 @@ impl MeshClient {
     /// A rebuilt stack keeps the outlier state of every balancer whose endpoints stayed.
     pub fn reload_on_change(&self, config: MeshConfig, metrics: MeshMetrics, every: Duration) {
         let weak = Arc::downgrade(&self.current);
+        let generation = self.generation.clone();
         let memory = self.memory.clone();
         tokio::spawn(async move {
             let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
@@ -243,7 +256,10 @@ impl MeshClient {
                         &memory,
                     )
                 }) {
-                    Ok(stack) => *current.write().unwrap_or_else(|p| p.into_inner()) = stack,
+                    Ok(stack) => {
+                        *current.write().unwrap_or_else(|p| p.into_inner()) = stack;
+                        generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+                    }
                     Err(error) => {
                         tracing::error!(%error, "mesh policy change refused; keeping the last good one")
                     }
@@ -263,11 +279,16 @@ impl Service<Request> for MeshClient {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let stack = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Box::pin(stack.oneshot(request))
+        let now = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if now != self.seen {
+            self.local = self
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            self.seen = now;
+        }
+        // Always ready (see MeshService): called as it is.
+        self.local.call(request)
     }
 }

@@ -5,7 +5,7 @@
 use crate::error::{self, BoxError, NoRoute};
 use crate::{BoxFuture, MeshService, Request, Response};
 use std::task::{Context, Poll};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringMatch {
@@ -47,16 +47,16 @@ impl MatchBlock {
 #[derive(Clone)]
 pub struct Router {
     host: String,
-    /// (match blocks, route stack); empty blocks accept everything.
-    /// Shared, so cloning the router per call (as `MeshClient` does) copies no list.
-    routes: std::sync::Arc<[(Vec<MatchBlock>, MeshService)]>,
+    /// (match blocks, route stack); empty blocks accept everything. Owned: a router is
+    /// cloned only with its `MeshClient`, not per call.
+    routes: Vec<(Vec<MatchBlock>, MeshService)>,
 }
 
 impl Router {
     pub fn new(host: &str, routes: Vec<(Vec<MatchBlock>, MeshService)>) -> Self {
         Self {
             host: host.to_owned(),
-            routes: routes.into(),
+            routes,
         }
     }
 }
@@ -73,10 +73,12 @@ impl Service<Request> for Router {
     fn call(&mut self, request: Request) -> Self::Future {
         let chosen = self
             .routes
-            .iter()
+            .iter_mut()
             .find(|(blocks, _)| blocks.is_empty() || blocks.iter().any(|b| b.accepts(&request)));
         match chosen {
-            Some((_, route)) => Box::pin(route.clone().oneshot(request)),
+            // Called as it is, no clone and no readiness wait: every layer of the mesh is
+            // always ready (a limit fails the call fast instead), see crate::MeshService.
+            Some((_, route)) => route.call(request),
             None => {
                 let err = error::no_route(NoRoute {
                     host: self.host.clone(),

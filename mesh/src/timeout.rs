@@ -4,7 +4,7 @@ use crate::error::{self, BoxError, Timeout as TimeoutError};
 use crate::{BoxFuture, Request, Response};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Config {
@@ -51,7 +51,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let call = self.inner.clone().oneshot(request);
+        // Every layer of the mesh is always ready: called as it is (see crate::MeshService).
+        let call = self.inner.call(request);
         match self.config.timeout {
             None => Box::pin(call),
             Some(limit) => Box::pin(async move {
@@ -73,7 +74,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fails_at_the_deadline_not_before() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
-        let inner = inner.map_err(|e| -> BoxError { e });
+        let inner = crate::testing::Ready(inner);
         let mut svc = TimeoutLayer::layer(Config {
             timeout: Some(Duration::from_millis(100)),
         })
@@ -97,7 +98,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_timeout_passes_through() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
-        let inner = inner.map_err(|e| -> BoxError { e });
+        let inner = crate::testing::Ready(inner);
         let mut svc = TimeoutLayer::layer(Config::default()).layer(inner);
         let mut call = tokio_test::task::spawn(svc.call(request()));
         assert_pending!(call.poll());
