@@ -130,7 +130,7 @@ pub fn build(
         };
         let retried = retry::RetryLayer::layer(&policy.host, route.retry.clone(), metrics.clone())
             .layer(split);
-        let timed = timeout::TimeoutLayer::layer(route.timeout).layer(retried);
+        let timed = timeout::TimeoutLayer::over_retry(route.timeout).layer(retried);
         let stack = if route.fault.is_empty() {
             MeshService::new(timed)
         } else {

@@ -27,6 +27,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct Replay {
     shared: Arc<Mutex<Shared>>,
+    /// Told when a try hands the body back or reads it to its end.
+    returned: Arc<tokio::sync::Notify>,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -40,6 +42,29 @@ impl Replay {
                 rest: Some(body),
                 ..Shared::default()
             })),
+            returned: Arc::default(),
+        }
+    }
+
+    /// Waits, at most `within`, until a new try can get the whole body: the answer to a
+    /// try can come before the HTTP/2 client has finished with its body (a server may
+    /// answer before it read the request's end), and a retry must not be lost to that.
+    pub async fn wait_available(&self, within: std::time::Duration) -> bool {
+        let returned = self.returned.notified();
+        tokio::pin!(returned);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            returned.as_mut().enable();
+            if self.available() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, returned.as_mut())
+                .await
+                .is_err()
+            {
+                return self.available();
+            }
+            returned.set(self.returned.notified());
         }
     }
 
@@ -56,6 +81,7 @@ impl Replay {
         let rest = shared.rest.take();
         Body::new(TryBody {
             shared: self.shared.clone(),
+            returned: self.returned.clone(),
             replay: (!replay.is_empty()).then_some(replay),
             rest,
             done: false,
@@ -65,6 +91,7 @@ impl Replay {
 
 struct TryBody {
     shared: Arc<Mutex<Shared>>,
+    returned: Arc<tokio::sync::Notify>,
     /// What earlier tries read, sent first.
     replay: Option<Bytes>,
     /// The unread caller's body, while this try holds it.
@@ -100,6 +127,7 @@ impl HttpBody for TryBody {
                 Poll::Ready(None) => {
                     this.rest = None;
                     lock(&this.shared).ended = true;
+                    this.returned.notify_waiters();
                     this.done = true;
                     Poll::Ready(None)
                 }
@@ -140,6 +168,7 @@ impl Drop for TryBody {
         // Hand the unread rest back for the next try.
         if let Some(rest) = self.rest.take() {
             lock(&self.shared).rest = Some(rest);
+            self.returned.notify_waiters();
         }
     }
 }
@@ -148,6 +177,7 @@ impl Drop for TryBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::time::Duration;
 
     fn source() -> Body {
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
@@ -182,6 +212,20 @@ mod tests {
         drop(second); // half read
         let third = replay.body().collect().await.expect("body").to_bytes();
         assert_eq!(third, Bytes::from_static(b"hello world"));
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_the_body_to_come_back() {
+        let replay = Replay::new(source());
+        let held = replay.body();
+        assert!(!replay.wait_available(Duration::from_millis(20)).await);
+        let waiting = tokio::spawn({
+            let replay = replay.clone();
+            async move { replay.wait_available(Duration::from_secs(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held); // the HTTP/2 client is done with the first try's body
+        assert!(waiting.await.expect("joined"));
     }
 
     #[tokio::test]

@@ -9,9 +9,10 @@
 //! replies are not, and they must stay fast.
 
 use crate::classify::{outcome_of, Outcome};
-use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout};
+use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout, Timeout as RouteTimeout};
 use crate::metrics::MeshMetrics;
 use crate::replay::Replay;
+use crate::timeout::RouteDeadline;
 use crate::{BoxFuture, Request, Response};
 use rand::Rng;
 use std::sync::Arc;
@@ -145,6 +146,9 @@ pub fn jitter_upper(retry: u32) -> Duration {
     (BASE_INTERVAL * factor as u32).min(MAX_INTERVAL)
 }
 
+/// How long a retry waits for the previous try's request body to be handed back.
+const BODY_BACK_WITHIN: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct RetryLayer(Arc<Policy>);
 
@@ -216,24 +220,51 @@ where
                 parts.extensions.insert(crate::outlier::Tried::default());
             }
             let replay = Replay::new(body);
+            // The route's timeout, when the timeout layer above hands it down: each try
+            // is bounded by the sooner of it and the per-try timeout, with one timer.
+            let deadline = parts.extensions.get::<RouteDeadline>().copied();
+            let route_timeout = |d: RouteDeadline| error::timeout(RouteTimeout(d.limit));
             let mut retry = 0u32;
             loop {
                 let attempt = inner.clone().oneshot(rebuild(&parts, replay.body()));
-                let result = match layer.config.per_try_timeout {
-                    None => attempt.await,
-                    Some(limit) => tokio::time::timeout(limit, attempt)
+                let per_try = layer
+                    .config
+                    .per_try_timeout
+                    .map(|limit| (tokio::time::Instant::now() + limit, limit));
+                // The route's deadline bounds this try when it comes first (or alone).
+                let by_route = deadline.filter(|d| per_try.is_none_or(|(at, _)| d.at <= at));
+                let result = match (by_route, per_try) {
+                    (Some(d), _) => match tokio::time::timeout_at(d.at, attempt).await {
+                        Ok(result) => result,
+                        Err(_) => return Err(route_timeout(d)),
+                    },
+                    (None, Some((at, limit))) => tokio::time::timeout_at(at, attempt)
                         .await
                         .unwrap_or_else(|_| Err(error::per_try_timeout(PerTryTimeout(limit)))),
+                    (None, None) => attempt.await,
                 };
-                if retry >= layer.config.attempts
-                    || !layer.config.retry_on.matches(&result)
-                    || !replay.available()
-                {
+                if retry >= layer.config.attempts || !layer.config.retry_on.matches(&result) {
                     return result;
                 }
                 retry += 1;
+                let pause = tokio::time::Instant::now() + backoff(retry);
+                match deadline {
+                    Some(d) if d.at <= pause => {
+                        tokio::time::sleep_until(d.at).await;
+                        return Err(route_timeout(d));
+                    }
+                    _ => tokio::time::sleep_until(pause).await,
+                }
+                // The answer may have come before the client was done sending the body:
+                // wait for it to come back (briefly) rather than give up the retry.
+                let within = deadline.map_or(BODY_BACK_WITHIN, |d| {
+                    BODY_BACK_WITHIN
+                        .min(d.at.saturating_duration_since(tokio::time::Instant::now()))
+                });
+                if !replay.wait_available(within).await {
+                    return result;
+                }
                 layer.metrics.retry(&layer.host);
-                tokio::time::sleep(backoff(retry)).await;
             }
         })
     }
@@ -407,13 +438,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn overall_timeout_cuts_the_tries_short() {
+        // Enforced by the timeout layer itself, and handed down to the retry layer as a
+        // deadline (how the mesh builds it): the same outcome at the same time.
+        for over_retry in [false, true] {
+            overall_timeout_case(over_retry).await;
+        }
+    }
+
+    async fn overall_timeout_case(over_retry: bool) {
         use crate::timeout::{Config as TimeoutConfig, TimeoutLayer};
         let (retry, mut handle, metrics) =
             layer(5, Some(Duration::from_millis(100)), "gateway-error");
-        let mut svc = TimeoutLayer::layer(TimeoutConfig {
+        let config = TimeoutConfig {
             timeout: Some(Duration::from_millis(250)),
-        })
-        .layer(retry);
+        };
+        let timeout = if over_retry {
+            TimeoutLayer::over_retry(config)
+        } else {
+            TimeoutLayer::layer(config)
+        };
+        let mut svc = timeout.layer(retry);
+        let started = tokio::time::Instant::now();
         let mut call = tokio_test::task::spawn(svc.call(request()));
         let mut tries = 0;
         let mut pending = vec![];
@@ -434,11 +479,19 @@ mod tests {
                     "{err}"
                 );
                 // Tries start at 0 ms, ~100-125 ms, ~200-300 ms: two or three fit in 250 ms.
-                assert!((2..=3).contains(&tries), "{tries} tries");
+                assert!(
+                    (2..=3).contains(&tries),
+                    "{tries} tries (over_retry {over_retry})"
+                );
                 assert!(metrics.snapshot("h").0 >= 1);
+                let at = started.elapsed();
+                assert!(
+                    at >= Duration::from_millis(250) && at <= Duration::from_millis(260),
+                    "ended at {at:?} (over_retry {over_retry})"
+                );
                 return;
             }
         }
-        panic!("the overall timeout never fired");
+        panic!("the overall timeout never fired (over_retry {over_retry})");
     }
 }

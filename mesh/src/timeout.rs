@@ -12,12 +12,36 @@ pub struct Config {
     pub timeout: Option<Duration>,
 }
 
+/// The route's deadline, handed to the retry layer below so that it bounds each try by
+/// the sooner of the deadline and its per-try timeout: one timer per try, not two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDeadline {
+    pub at: tokio::time::Instant,
+    /// The route's timeout, for the error.
+    pub limit: Duration,
+}
+
 #[derive(Debug, Clone)]
-pub struct TimeoutLayer(Config);
+pub struct TimeoutLayer {
+    config: Config,
+    /// The layer below enforces a [`RouteDeadline`] (the retry layer does).
+    enforced_below: bool,
+}
 
 impl TimeoutLayer {
     pub fn layer(config: Config) -> Self {
-        Self(config)
+        Self {
+            config,
+            enforced_below: false,
+        }
+    }
+
+    /// Over the retry layer, which enforces the deadline this layer hands it.
+    pub fn over_retry(config: Config) -> Self {
+        Self {
+            config,
+            enforced_below: true,
+        }
     }
 }
 
@@ -26,7 +50,8 @@ impl<S> Layer<S> for TimeoutLayer {
     fn layer(&self, inner: S) -> Timeout<S> {
         Timeout {
             inner,
-            config: self.0,
+            config: self.config,
+            enforced_below: self.enforced_below,
         }
     }
 }
@@ -35,6 +60,7 @@ impl<S> Layer<S> for TimeoutLayer {
 pub struct Timeout<S> {
     inner: S,
     config: Config,
+    enforced_below: bool,
 }
 
 impl<S> Service<Request> for Timeout<S>
@@ -50,7 +76,14 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        if let (Some(limit), true) = (self.config.timeout, self.enforced_below) {
+            request.extensions_mut().insert(RouteDeadline {
+                at: tokio::time::Instant::now() + limit,
+                limit,
+            });
+            return Box::pin(self.inner.call(request));
+        }
         // Every layer of the mesh is always ready: called as it is (see crate::MeshService).
         let call = self.inner.call(request);
         match self.config.timeout {
