@@ -86,7 +86,11 @@ async fn bench() {
         mesh::retry::RetryLayer::layer("bench", config, metrics.clone())
             .layer(MeshService::new(pooled()))
     };
-    let timed = || mesh::timeout::TimeoutLayer::layer(route.timeout).layer(retried());
+    let timed = || {
+        mesh::retry::RetryLayer::layer("bench", route.retry.clone(), metrics.clone())
+            .with_route_timeout(route.timeout)
+            .layer(MeshService::new(pooled()))
+    };
     let mut stacks: Vec<(&str, Client)> = vec![
         (
             "plain tonic channel",
@@ -128,7 +132,7 @@ async fn bench() {
             Client::Layered(HealthClient::new(MeshService::new(retried()))),
         ),
         (
-            "+ timeout",
+            "+ route timeout",
             Client::Layered(HealthClient::new(MeshService::new(timed()))),
         ),
         (

@@ -3,7 +3,7 @@
 //! sidecar. One module per policy, each with its `Config`, `Layer` and `Service`:
 //!
 //! - [`fault`]: delay and abort injection (VirtualService `fault`), applied at the endpoint;
-//! - [`timeout`]: the route's overall timeout;
+//! - [`timeout`]: the route's overall timeout (enforced by the retry layer);
 //! - [`retry`]: attempts, perTryTimeout, retryOn, Envoy's jittered back-off;
 //! - [`split`]: weighted destinations;
 //! - [`pool`]: connection-pool limits that fail fast (Envoy's circuit breakers);
@@ -16,7 +16,7 @@
 //! stack, rebuilt when the YAML files change. Differences from Envoy are documented in the
 //! module of the policy concerned and listed in mesh/README.md.
 //!
-//! Stack, outermost first: route -> fault -> timeout -> retry -> split -> pool -> outlier
+//! Stack, outermost first: route -> fault -> retry (with the route's timeout) -> split -> pool -> outlier
 //! balancer -> endpoint channel (buffers and classifies the unary response).
 #![forbid(unsafe_code)]
 
@@ -128,9 +128,9 @@ pub fn build(
         } else {
             MeshService::new(split::WeightedSplit::new(targets))
         };
-        let retried = retry::RetryLayer::layer(&policy.host, route.retry.clone(), metrics.clone())
+        let timed = retry::RetryLayer::layer(&policy.host, route.retry.clone(), metrics.clone())
+            .with_route_timeout(route.timeout)
             .layer(split);
-        let timed = timeout::TimeoutLayer::over_retry(route.timeout).layer(retried);
         let stack = if route.fault.is_empty() {
             MeshService::new(timed)
         } else {

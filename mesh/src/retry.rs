@@ -12,7 +12,6 @@ use crate::classify::{outcome_of, Outcome};
 use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout, Timeout as RouteTimeout};
 use crate::metrics::MeshMetrics;
 use crate::replay::Replay;
-use crate::timeout::RouteDeadline;
 use crate::{BoxFuture, Request, Response};
 use rand::Rng;
 use std::sync::Arc;
@@ -153,10 +152,12 @@ const BODY_BACK_WITHIN: Duration = Duration::from_secs(1);
 pub struct RetryLayer(Arc<Policy>);
 
 /// What every try of every call reads; shared, as the service is cloned per call.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Policy {
     host: String,
     config: Config,
+    /// The route's overall timeout (retries and back-off included).
+    route_timeout: Option<Duration>,
     metrics: MeshMetrics,
 }
 
@@ -165,8 +166,16 @@ impl RetryLayer {
         Self(Arc::new(Policy {
             host: host.to_owned(),
             config,
+            route_timeout: None,
             metrics,
         }))
+    }
+
+    /// Enforces the route's timeout too: each try is bounded by the sooner of the route's
+    /// deadline and its per-try timeout, so a try needs one timer, not two.
+    pub fn with_route_timeout(mut self, route: crate::timeout::Config) -> Self {
+        Arc::make_mut(&mut self.0).route_timeout = route.timeout;
+        self
     }
 }
 
@@ -178,6 +187,13 @@ impl<S> Layer<S> for RetryLayer {
             layer: self.clone(),
         }
     }
+}
+
+/// When the route's timeout ends a call, and how long it was.
+#[derive(Debug, Clone, Copy)]
+struct RouteDeadline {
+    at: tokio::time::Instant,
+    limit: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -220,9 +236,12 @@ where
                 parts.extensions.insert(crate::outlier::Tried::default());
             }
             let replay = Replay::new(body);
-            // The route's timeout, when the timeout layer above hands it down: each try
-            // is bounded by the sooner of it and the per-try timeout, with one timer.
-            let deadline = parts.extensions.get::<RouteDeadline>().copied();
+            // The route's deadline: each try is bounded by the sooner of it and the per-try
+            // timeout, with one timer.
+            let deadline = layer.route_timeout.map(|limit| RouteDeadline {
+                at: tokio::time::Instant::now() + limit,
+                limit,
+            });
             let route_timeout = |d: RouteDeadline| error::timeout(RouteTimeout(d.limit));
             let mut retry = 0u32;
             loop {
@@ -287,6 +306,19 @@ mod tests {
         mock::Handle<Request, Response>,
         MeshMetrics,
     ) {
+        layer_timed(attempts, per_try, on, None)
+    }
+
+    fn layer_timed(
+        attempts: u32,
+        per_try: Option<Duration>,
+        on: &str,
+        route_timeout: Option<Duration>,
+    ) -> (
+        Retry<mock::Mock<Request, Response>>,
+        mock::Handle<Request, Response>,
+        MeshMetrics,
+    ) {
         let (inner, handle) = mock::pair::<Request, Response>();
         let metrics = MeshMetrics::default();
         let config = Config {
@@ -295,7 +327,11 @@ mod tests {
             retry_on: RetryOn::parse(on).expect("valid"),
         };
         (
-            RetryLayer::layer("h", config, metrics.clone()).layer(inner),
+            RetryLayer::layer("h", config, metrics.clone())
+                .with_route_timeout(crate::timeout::Config {
+                    timeout: route_timeout,
+                })
+                .layer(inner),
             handle,
             metrics,
         )
@@ -438,26 +474,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn overall_timeout_cuts_the_tries_short() {
-        // Enforced by the timeout layer itself, and handed down to the retry layer as a
-        // deadline (how the mesh builds it): the same outcome at the same time.
-        for over_retry in [false, true] {
-            overall_timeout_case(over_retry).await;
-        }
-    }
-
-    async fn overall_timeout_case(over_retry: bool) {
-        use crate::timeout::{Config as TimeoutConfig, TimeoutLayer};
-        let (retry, mut handle, metrics) =
-            layer(5, Some(Duration::from_millis(100)), "gateway-error");
-        let config = TimeoutConfig {
-            timeout: Some(Duration::from_millis(250)),
-        };
-        let timeout = if over_retry {
-            TimeoutLayer::over_retry(config)
-        } else {
-            TimeoutLayer::layer(config)
-        };
-        let mut svc = timeout.layer(retry);
+        let (mut svc, mut handle, metrics) = layer_timed(
+            5,
+            Some(Duration::from_millis(100)),
+            "gateway-error",
+            Some(Duration::from_millis(250)),
+        );
         let started = tokio::time::Instant::now();
         let mut call = tokio_test::task::spawn(svc.call(request()));
         let mut tries = 0;
@@ -479,19 +501,49 @@ mod tests {
                     "{err}"
                 );
                 // Tries start at 0 ms, ~100-125 ms, ~200-300 ms: two or three fit in 250 ms.
-                assert!(
-                    (2..=3).contains(&tries),
-                    "{tries} tries (over_retry {over_retry})"
-                );
+                assert!((2..=3).contains(&tries), "{tries} tries");
                 assert!(metrics.snapshot("h").0 >= 1);
                 let at = started.elapsed();
                 assert!(
                     at >= Duration::from_millis(250) && at <= Duration::from_millis(260),
-                    "ended at {at:?} (over_retry {over_retry})"
+                    "ended at {at:?}"
                 );
                 return;
             }
         }
-        panic!("the overall timeout never fired (over_retry {over_retry})");
+        panic!("the overall timeout never fired");
+    }
+
+    // The route timeout on its own (no retries): what the timeout layer's tests asserted.
+    #[tokio::test(start_paused = true)]
+    async fn fails_at_the_deadline_not_before() {
+        let (mut svc, mut handle, _) =
+            layer_timed(0, None, "unavailable", Some(Duration::from_millis(100)));
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_req, _send) = handle
+            .next_request()
+            .await
+            .expect("the call reached the host");
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert_pending!(call.poll());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let err = assert_ready!(call.poll()).expect_err("timed out");
+        assert!(crate::error::find::<crate::error::Timeout>(&*err).is_some());
+        // Envoy's 504 "upstream request timeout", as a gRPC caller reads it.
+        let status = err.downcast_ref::<tonic::Status>().expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_timeout_passes_through() {
+        let (mut svc, mut handle, _) = layer_timed(0, None, "unavailable", None);
+        let mut call = tokio_test::task::spawn(svc.call(request()));
+        assert_pending!(call.poll());
+        let (_req, send) = handle.next_request().await.expect("called");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_pending!(call.poll());
+        send.send_response(crate::testing::ok_response());
+        assert!(assert_ready!(call.poll()).is_ok());
     }
 }

@@ -26,35 +26,3 @@ pub fn ok_response() -> Response {
         .insert(crate::classify::Classified(crate::classify::Outcome::Ok));
     response
 }
-
-/// A tower-test mock made always ready, as every layer of the mesh is: the layers call the
-/// one below without a readiness wait (see [`crate::MeshService`]).
-#[derive(Clone)]
-pub struct Ready<S>(pub S);
-
-impl<S> tower::Service<Request> for Ready<S>
-where
-    S: tower::Service<Request, Response = Response> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<crate::error::BoxError>,
-{
-    type Response = Response;
-    type Error = crate::error::BoxError;
-    type Future = crate::BoxFuture<Result<Response, crate::error::BoxError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move {
-            tower::ServiceExt::oneshot(inner, request)
-                .await
-                .map_err(Into::into)
-        })
-    }
-}
