@@ -9,7 +9,7 @@
 
 use mesh::endpoint::{Endpoint, EndpointAddr};
 use mesh::metrics::MeshMetrics;
-use mesh::{MeshClient, MeshConfig, MeshService};
+use mesh::{HopService, MeshClient, MeshConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -23,9 +23,20 @@ use support::{percentile, server, POLICY};
 static UNPARKS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
 
+/// A stack below the route, as a tonic transport (one box per call, as a MeshClient).
+type Layered = HealthClient<
+    tower::util::BoxCloneSyncService<mesh::Request, mesh::Response, mesh::error::BoxError>,
+>;
+
+fn layered<H: mesh::Hop + 'static>(hop: H) -> Client {
+    Client::Layered(HealthClient::new(tower::util::BoxCloneSyncService::new(
+        HopService::new(hop),
+    )))
+}
+
 enum Client {
     Plain(HealthClient<Channel>),
-    Layered(HealthClient<MeshService>),
+    Layered(Layered),
     Mesh(HealthClient<MeshClient>),
 }
 
@@ -80,61 +91,41 @@ async fn bench() {
         || mesh::pool::PoolLayer::layer("bench", traffic.pool, metrics.clone()).layer(balanced());
     let retried = || {
         mesh::retry::RetryLayer::layer("bench", route.retry.clone(), metrics.clone())
-            .layer(MeshService::new(pooled()))
+            .layer(pooled())
     };
     let retried_with = |config: mesh::retry::Config| {
-        mesh::retry::RetryLayer::layer("bench", config, metrics.clone())
-            .layer(MeshService::new(pooled()))
+        mesh::retry::RetryLayer::layer("bench", config, metrics.clone()).layer(pooled())
     };
     let timed = || {
         mesh::retry::RetryLayer::layer("bench", route.retry.clone(), metrics.clone())
             .with_route_timeout(route.timeout)
-            .layer(MeshService::new(pooled()))
+            .layer(pooled())
     };
     let mut stacks: Vec<(&str, Client)> = vec![
         (
             "plain tonic channel",
             Client::Plain(HealthClient::new(plain)),
         ),
-        (
-            "endpoint (buffer + classify)",
-            Client::Layered(HealthClient::new(MeshService::new(endpoint()))),
-        ),
-        (
-            "+ outlier balancer",
-            Client::Layered(HealthClient::new(MeshService::new(balanced()))),
-        ),
-        (
-            "+ pool",
-            Client::Layered(HealthClient::new(MeshService::new(pooled()))),
-        ),
+        ("endpoint (buffer + classify)", layered(endpoint())),
+        ("+ outlier balancer", layered(balanced())),
+        ("+ pool", layered(pooled())),
         (
             "+ retry, attempts 0",
-            Client::Layered(HealthClient::new(MeshService::new(retried_with(
-                mesh::retry::Config {
-                    attempts: 0,
-                    per_try_timeout: None,
-                    ..route.retry.clone()
-                },
-            )))),
+            layered(retried_with(mesh::retry::Config {
+                attempts: 0,
+                per_try_timeout: None,
+                ..route.retry.clone()
+            })),
         ),
         (
             "+ retry, no perTryTimeout",
-            Client::Layered(HealthClient::new(MeshService::new(retried_with(
-                mesh::retry::Config {
-                    per_try_timeout: None,
-                    ..route.retry.clone()
-                },
-            )))),
+            layered(retried_with(mesh::retry::Config {
+                per_try_timeout: None,
+                ..route.retry.clone()
+            })),
         ),
-        (
-            "+ retry",
-            Client::Layered(HealthClient::new(MeshService::new(retried()))),
-        ),
-        (
-            "+ route timeout",
-            Client::Layered(HealthClient::new(MeshService::new(timed()))),
-        ),
+        ("+ retry", layered(retried())),
+        ("+ route timeout", layered(timed())),
         (
             "whole MeshClient (+ route)",
             Client::Mesh(HealthClient::new(

@@ -4,8 +4,10 @@
 
 use crate::classify;
 use crate::error::BoxError;
-use crate::{BoxFuture, Request, Response};
-use std::task::{Context, Poll};
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use tower::{Service, ServiceExt};
@@ -62,9 +64,13 @@ impl EndpointAddr {
 }
 
 /// A classified endpoint.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Endpoint {
     channel: Channel,
+    /// Idle clones of `channel`: a tonic channel is called through `&mut` and each clone
+    /// allocates its own place in the connection's queue, so calls lend clones from here
+    /// instead of cloning the channel every time.
+    idle: Mutex<Vec<Channel>>,
     /// The host (or host/subset) it serves, named when a try gets no answer.
     host: std::sync::Arc<str>,
 }
@@ -104,39 +110,66 @@ impl Endpoint {
         endpoint = endpoint.connect_timeout(connect_timeout.unwrap_or(Duration::from_secs(10)));
         Ok(Self {
             channel: endpoint.connect_lazy(),
+            idle: Mutex::default(),
             host: host.into(),
         })
     }
+
+    fn lend(&self) -> Lent<'_> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        Lent {
+            channel: Some(idle.unwrap_or_else(|| self.channel.clone())),
+            to: &self.idle,
+        }
+    }
 }
 
-impl Service<Request> for Endpoint {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
+/// A clone of the channel, back to the idle ones when dropped.
+struct Lent<'a> {
+    channel: Option<Channel>,
+    to: &'a Mutex<Vec<Channel>>,
+}
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            self.to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(channel);
+        }
     }
+}
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let channel = self.channel.clone();
-        let host = self.host.clone();
+impl Hop for Endpoint {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        _: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let faults = crate::fault::injected(&request);
         let streaming = request.extensions().get::<classify::Streaming>().is_some();
-        Box::pin(async move {
+        async move {
             if let Some(fault) = crate::fault::apply(faults).await {
                 return Ok(fault);
             }
-            let response = channel
-                .oneshot(request)
-                .await
-                .map_err(|e| crate::error::upstream_failure(&host, Box::new(e)))?;
+            let failed = |e| crate::error::upstream_failure(&self.host, Box::new(e));
+            let answer = {
+                let mut lent = self.lend();
+                let Some(channel) = lent.channel.as_mut() else {
+                    unreachable!("a lent channel is taken only when dropped")
+                };
+                channel.ready().await.map_err(failed)?;
+                // The request is queued: the clone can serve the next call.
+                channel.call(request)
+            };
+            let response = answer.await.map_err(failed)?;
             if streaming {
                 Ok(classify::head(response))
             } else {
                 classify::buffer(response).await
             }
-        })
+        }
     }
 }
 

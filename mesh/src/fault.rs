@@ -11,12 +11,13 @@
 
 use crate::classify::status_response;
 use crate::error::BoxError;
-use crate::{BoxFuture, Request, Response};
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
 use rand::Rng;
-use std::task::{Context, Poll};
+use std::future::Future;
 use std::time::Duration;
 use tonic::Code;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Config {
@@ -62,28 +63,22 @@ pub struct Fault<S> {
     config: Config,
 }
 
-impl<S> Service<Request> for Fault<S>
-where
-    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let injected = Injected {
-            delay: self.config.delay.filter(|(_, p)| roll(*p)).map(|(d, _)| d),
-            abort: self.config.abort.filter(|(_, p)| roll(*p)).map(|(c, _)| c),
-        };
-        if injected.delay.is_some() || injected.abort.is_some() {
-            request.extensions_mut().insert(injected);
+impl<S: Hop> Hop for Fault<S> {
+    fn call<'a>(
+        &'a self,
+        mut request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        if !self.config.is_empty() {
+            let injected = Injected {
+                delay: self.config.delay.filter(|(_, p)| roll(*p)).map(|(d, _)| d),
+                abort: self.config.abort.filter(|(_, p)| roll(*p)).map(|(c, _)| c),
+            };
+            if injected.delay.is_some() || injected.abort.is_some() {
+                request.extensions_mut().insert(injected);
+            }
         }
-        Box::pin(self.inner.clone().oneshot(request))
+        self.inner.call(request, tried)
     }
 }
 
@@ -115,24 +110,22 @@ pub async fn apply(injected: Option<Injected>) -> Option<Response> {
 mod tests {
     use super::*;
     use crate::classify::{outcome_of, Outcome};
-    use crate::testing::{ok_response, request};
+    use crate::testing::{call_hop, ok_response, request};
+    use crate::{BoxFuture, TowerHop};
 
-    fn ok_service() -> impl Service<
-        Request,
-        Response = Response,
-        Error = BoxError,
-        Future = BoxFuture<Result<Response, BoxError>>,
-    > + Clone {
+    fn ok_service() -> impl Hop {
         // Applies the injected faults, as the endpoint does.
-        tower::service_fn(|r: Request| -> BoxFuture<Result<Response, BoxError>> {
-            let faults = injected(&r);
-            Box::pin(async move { Ok(apply(faults).await.unwrap_or_else(ok_response)) })
-        })
+        TowerHop(tower::service_fn(
+            |r: Request| -> BoxFuture<Result<Response, BoxError>> {
+                let faults = injected(&r);
+                Box::pin(async move { Ok(apply(faults).await.unwrap_or_else(ok_response)) })
+            },
+        ))
     }
 
     #[tokio::test]
     async fn abort_percentage_within_tolerance() {
-        let mut svc = FaultLayer::layer(Config {
+        let svc = FaultLayer::layer(Config {
             delay: None,
             abort: Some((Code::Unavailable, 30.0)),
         })
@@ -140,7 +133,7 @@ mod tests {
         let n = 20_000;
         let mut aborted = 0;
         for _ in 0..n {
-            let response = svc.call(request()).await.expect("answer");
+            let response = call_hop(&svc, request()).await.expect("answer");
             if outcome_of(&response) == Outcome::Grpc(Code::Unavailable) {
                 aborted += 1;
             }
@@ -152,7 +145,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delay_percentage_within_tolerance_and_exact_delay() {
-        let mut svc = FaultLayer::layer(Config {
+        let svc = FaultLayer::layer(Config {
             delay: Some((Duration::from_secs(5), 10.0)),
             abort: None,
         })
@@ -161,7 +154,7 @@ mod tests {
         let mut delayed = 0;
         for _ in 0..n {
             let start = tokio::time::Instant::now();
-            svc.call(request()).await.expect("answer");
+            call_hop(&svc, request()).await.expect("answer");
             let took = start.elapsed();
             if took >= Duration::from_secs(5) {
                 assert_eq!(took, Duration::from_secs(5));
@@ -174,23 +167,23 @@ mod tests {
 
     #[tokio::test]
     async fn zero_and_hundred_percent_are_exact() {
-        let mut never = FaultLayer::layer(Config {
+        let never = FaultLayer::layer(Config {
             delay: None,
             abort: Some((Code::Internal, 0.0)),
         })
         .layer(ok_service());
-        let mut always = FaultLayer::layer(Config {
+        let always = FaultLayer::layer(Config {
             delay: None,
             abort: Some((Code::Internal, 100.0)),
         })
         .layer(ok_service());
         for _ in 0..1000 {
             assert_eq!(
-                outcome_of(&never.call(request()).await.expect("ok")),
+                outcome_of(&call_hop(&never, request()).await.expect("ok")),
                 Outcome::Ok
             );
             assert_eq!(
-                outcome_of(&always.call(request()).await.expect("ok")),
+                outcome_of(&call_hop(&always, request()).await.expect("ok")),
                 Outcome::Grpc(Code::Internal)
             );
         }

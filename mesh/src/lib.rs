@@ -17,7 +17,9 @@
 //! module of the policy concerned and listed in mesh/README.md.
 //!
 //! Stack, outermost first: route -> fault -> retry (with the route's timeout) -> split -> pool -> outlier
-//! balancer -> endpoint channel (buffers and classifies the unary response).
+//! balancer -> endpoint channel (buffers and classifies the unary response). Each layer is
+//! a [`Hop`]: a concrete type called by reference, so a call runs down the whole stack as
+//! one future, with no box, clone or readiness wait per layer.
 #![forbid(unsafe_code)]
 
 pub mod classify;
@@ -43,23 +45,99 @@ use endpoint::{Endpoint, EndpointAddr};
 use error::BoxError;
 use istio::{ConfigError, Resources};
 use metrics::MeshMetrics;
+use outlier::Tried;
 use policy::HostPolicy;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
-use tower::util::BoxCloneSyncService;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 pub type Request = http::Request<tonic::body::Body>;
 pub type Response = http::Response<tonic::body::Body>;
-pub type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-/// Any layer of the stack, boxed. Every layer is always ready (`poll_ready` returns at
-/// once; a limit fails the call fast instead of making it wait), so a layer may call the
-/// one below it without a readiness wait, and without a clone where it calls only once.
-pub type MeshService = BoxCloneSyncService<Request, Response, BoxError>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One layer of a mesh stack, called by reference with a future that borrows it, so a call
+/// runs down the whole stack as one future: no box, no clone of the layer and no readiness
+/// wait per layer (a limit fails the call fast instead of making it wait).
+///
+/// `tried` records the endpoints the tries of one call went to (see [`Tried`]): the retry
+/// layer starts one per call and hands it to each try; layers above it get one they do
+/// not use.
+pub trait Hop: Send + Sync {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a;
+}
+
+impl<H: Hop> Hop for Arc<H> {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        (**self).call(request, tried)
+    }
+}
+
+/// A tower service as a hop (tests and benches put mocks and plain channels below a
+/// layer): cloned and called once per call.
+#[derive(Clone)]
+pub struct TowerHop<S>(pub S);
+
+impl<S> Hop for TowerHop<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + Sync,
+    S::Future: Send,
+{
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        _: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        self.0.clone().oneshot(request)
+    }
+}
+
+/// A stack of hops as a tower service (a tonic client's transport): one box per call.
+pub struct HopService<H>(Arc<H>);
+
+impl<H> HopService<H> {
+    pub fn new(hop: H) -> Self {
+        Self(Arc::new(hop))
+    }
+}
+
+impl<H> Clone for HopService<H> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<H: Hop + 'static> Service<Request> for HopService<H> {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let hop = self.0.clone();
+        Box::pin(async move { hop.call(request, &mut Tried::default()).await })
+    }
+}
+
+/// The endpoints of one destination (host or subset) behind its connection-pool limits.
+pub type Destination = pool::Pool<outlier::Balancer<Endpoint>>;
+/// The whole stack for one host.
+pub type Stack = route::Router<fault::Fault<retry::Retry<split::WeightedSplit<Arc<Destination>>>>>;
 
 /// Builds the stack of `policy` over `endpoints`.
 pub fn build(
@@ -68,7 +146,7 @@ pub fn build(
     tls: Option<&tonic::transport::ClientTlsConfig>,
     metrics: &MeshMetrics,
     memory: &outlier::Memory,
-) -> Result<MeshService, ConfigError> {
+) -> Result<Stack, ConfigError> {
     if endpoints.is_empty() {
         return Err(ConfigError::Unsupported(format!(
             "no endpoint given for host {}",
@@ -76,7 +154,7 @@ pub fn build(
         )));
     }
     metrics.touch(&policy.host);
-    let mut destinations: BTreeMap<Option<String>, MeshService> = BTreeMap::new();
+    let mut destinations: BTreeMap<Option<String>, Arc<Destination>> = BTreeMap::new();
     let mut routes = Vec::new();
     for route in &policy.routes {
         let mut targets = Vec::new();
@@ -119,26 +197,18 @@ pub fn build(
                 );
                 let pooled =
                     pool::PoolLayer::layer(&name, traffic.pool, metrics.clone()).layer(balancer);
-                destinations.insert(subset.clone(), MeshService::new(pooled));
+                destinations.insert(subset.clone(), Arc::new(pooled));
             }
             targets.push((*weight, destinations[subset].clone()));
         }
-        let split = if targets.len() == 1 {
-            targets.remove(0).1
-        } else {
-            MeshService::new(split::WeightedSplit::new(targets))
-        };
+        let split = split::WeightedSplit::new(targets);
         let timed = retry::RetryLayer::layer(&policy.host, route.retry.clone(), metrics.clone())
             .with_route_timeout(route.timeout)
             .layer(split);
-        let stack = if route.fault.is_empty() {
-            MeshService::new(timed)
-        } else {
-            MeshService::new(fault::FaultLayer::layer(route.fault).layer(timed))
-        };
+        let stack = fault::FaultLayer::layer(route.fault).layer(timed);
         routes.push((route.matches.clone(), stack));
     }
-    Ok(MeshService::new(route::Router::new(&policy.host, routes)))
+    Ok(route::Router::new(&policy.host, routes))
 }
 
 /// What a mesh client is built from.
@@ -184,12 +254,12 @@ impl MeshConfig {
 /// The mesh stack for one host, usable as a tonic client's transport; clones share it.
 #[derive(Clone)]
 pub struct MeshClient {
-    current: Arc<RwLock<MeshService>>,
+    current: Arc<RwLock<Arc<Stack>>>,
     /// Bumped by every reload, so each clone knows when its own copy is out of date.
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// This clone's copy of the stack and the generation it was taken at: a call uses it
     /// as it is, without taking the lock or cloning the stack.
-    local: MeshService,
+    local: Arc<Stack>,
     seen: u64,
     /// Outlier state kept across reloads that leave a balancer's endpoints as they were.
     memory: Arc<outlier::Memory>,
@@ -201,13 +271,13 @@ impl MeshClient {
         let policy = config.policy()?;
         tracing::info!(host = %config.host, ?policy, "mesh policy loaded");
         let memory = Arc::new(outlier::Memory::default());
-        let stack = build(
+        let stack = Arc::new(build(
             &policy,
             &config.endpoints,
             config.tls.as_ref(),
             metrics,
             &memory,
-        )?;
+        )?);
         Ok(Self {
             current: Arc::new(RwLock::new(stack.clone())),
             generation: Arc::default(),
@@ -257,7 +327,7 @@ impl MeshClient {
                     )
                 }) {
                     Ok(stack) => {
-                        *current.write().unwrap_or_else(|p| p.into_inner()) = stack;
+                        *current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(stack);
                         generation.fetch_add(1, std::sync::atomic::Ordering::Release);
                     }
                     Err(error) => {
@@ -288,7 +358,8 @@ impl Service<Request> for MeshClient {
                 .clone();
             self.seen = now;
         }
-        // Always ready (see MeshService): called as it is.
-        self.local.call(request)
+        // The one box of the call: the stack below runs inside it (see Hop).
+        let stack = self.local.clone();
+        Box::pin(async move { stack.call(request, &mut Tried::default()).await })
     }
 }

@@ -18,38 +18,31 @@
 use crate::classify::{outcome_of, Outcome};
 use crate::error::{self, BoxError, CircuitOpen};
 use crate::metrics::MeshMetrics;
-use crate::{BoxFuture, Request, Response};
+use crate::{Hop, Request, Response};
 use rand::Rng;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
 
-/// The endpoints one call's tries went to (a request extension the retry layer adds and
-/// every try shares): a retry picks an endpoint not tried yet while one is up, as Envoy's
+/// The endpoints one call's tries went to (the retry layer keeps one per call and hands it
+/// to every try): a retry picks an endpoint not tried yet while one is up, as Envoy's
 /// `previous_hosts` retry predicate, which Istio sets on every route. Without it a retry
-/// after a refused connection may land on the same stopped replica again.
-#[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<Mutex<Vec<TriedEndpoint>>>);
+/// after a refused connection may land on the same stopped replica again. Kept inline:
+/// a call rarely makes more than four tries.
+#[derive(Debug, Default)]
+pub struct Tried(smallvec::SmallVec<[TriedEndpoint; 4]>);
 
-/// A balancer's host (subset) name and an endpoint's index in it.
-type TriedEndpoint = (Arc<str>, usize);
+/// A balancer (by the address of its state) and an endpoint's index in it.
+type TriedEndpoint = (usize, usize);
 
 impl Tried {
-    fn contains(&self, host: &Arc<str>, index: usize) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|(h, i)| *i == index && h == host)
+    fn contains(&self, balancer: usize, index: usize) -> bool {
+        self.0.contains(&(balancer, index))
     }
 
-    fn add(&self, host: &Arc<str>, index: usize) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((host.clone(), index));
+    fn add(&mut self, balancer: usize, index: usize) {
+        self.0.push((balancer, index));
     }
 }
 
@@ -178,24 +171,11 @@ impl Memory {
 /// Balances calls over endpoints, ejecting outliers when `config` is set.
 pub struct Balancer<S> {
     host: Arc<str>,
-    endpoints: Arc<Vec<S>>,
+    endpoints: Vec<S>,
     config: Option<Config>,
     pick: Pick,
     state: Arc<Mutex<State>>,
     metrics: MeshMetrics,
-}
-
-impl<S> Clone for Balancer<S> {
-    fn clone(&self) -> Self {
-        Self {
-            host: self.host.clone(),
-            endpoints: self.endpoints.clone(),
-            config: self.config,
-            pick: self.pick,
-            state: self.state.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
 }
 
 impl<S> Balancer<S> {
@@ -235,7 +215,7 @@ impl<S> Balancer<S> {
     ) -> Self {
         Self {
             host: host.into(),
-            endpoints: Arc::new(endpoints),
+            endpoints,
             config,
             pick,
             state,
@@ -278,43 +258,49 @@ impl<S> Balancer<S> {
         }
     }
 
-    fn choose(&self, state: &mut State, tried: Option<&Tried>) -> Option<usize> {
-        let mut up: Vec<usize> = (0..state.health.len())
-            .filter(|i| state.health[*i].ejected_until.is_none())
-            .collect();
-        if up.is_empty() {
+    /// Who tried endpoints of this balancer are recorded as.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.state) as usize
+    }
+
+    /// The next endpoint among those up, preferring those `tried` has not seen; counted
+    /// in place rather than collected, as it runs on every try.
+    fn choose(&self, state: &mut State, tried: &Tried) -> Option<usize> {
+        let id = self.id();
+        let up = |i: &usize| state.health[*i].ejected_until.is_none();
+        let fresh = |i: &usize| up(i) && !tried.contains(id, *i);
+        let all = 0..state.health.len();
+        let fresh_count = all.clone().filter(fresh).count();
+        // Every endpoint up was tried already: any of them, as Envoy after its
+        // host_selection_retry_max_attempts.
+        let (eligible, count): (&dyn Fn(&usize) -> bool, usize) = if fresh_count > 0 {
+            (&fresh, fresh_count)
+        } else {
+            (&up, all.clone().filter(up).count())
+        };
+        if count == 0 {
             return None;
         }
-        if let Some(tried) = tried {
-            let fresh: Vec<usize> = up
-                .iter()
-                .copied()
-                .filter(|i| !tried.contains(&self.host, *i))
-                .collect();
-            // Every endpoint up was tried already: any of them, as Envoy after its
-            // host_selection_retry_max_attempts.
-            if !fresh.is_empty() {
-                up = fresh;
-            }
-        }
-        let index = match self.pick {
+        let nth = |n: usize| all.clone().filter(eligible).nth(n);
+        match self.pick {
             Pick::RoundRobin => {
-                state.cursor = state.cursor.wrapping_add(1);
-                up[state.cursor % up.len()]
+                let turn = state.cursor.wrapping_add(1);
+                let chosen = nth(turn % count);
+                state.cursor = turn;
+                chosen
             }
-            Pick::Random => up[rand::thread_rng().gen_range(0..up.len())],
+            Pick::Random => nth(rand::thread_rng().gen_range(0..count)),
             Pick::LeastRequest => {
                 let mut rng = rand::thread_rng();
-                let a = up[rng.gen_range(0..up.len())];
-                let b = up[rng.gen_range(0..up.len())];
-                if state.health[b].in_flight < state.health[a].in_flight {
+                let a = nth(rng.gen_range(0..count))?;
+                let b = nth(rng.gen_range(0..count))?;
+                Some(if state.health[b].in_flight < state.health[a].in_flight {
                     b
                 } else {
                     a
-                }
+                })
             }
-        };
-        Some(index)
+        }
     }
 
     fn record(&self, index: usize, outcome: Outcome) {
@@ -387,13 +373,13 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 /// Records a dropped call as a gateway error (a timeout cut it short).
-struct InFlight<S> {
-    balancer: Balancer<S>,
+struct InFlight<'a, S> {
+    balancer: &'a Balancer<S>,
     index: usize,
     done: bool,
 }
 
-impl<S> Drop for InFlight<S> {
+impl<S> Drop for InFlight<'_, S> {
     fn drop(&mut self) {
         if !self.done {
             self.balancer.record(self.index, Outcome::LocalOrigin);
@@ -401,32 +387,21 @@ impl<S> Drop for InFlight<S> {
     }
 }
 
-impl<S> Service<Request> for Balancer<S>
-where
-    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+impl<S: Hop> Hop for Balancer<S> {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let now = Instant::now();
-        let tried = request.extensions().get::<Tried>().cloned();
         let chosen = {
             let mut state = lock(&self.state);
             self.refresh(&mut state, now);
             state.report(&self.host, &self.metrics);
-            match self.choose(&mut state, tried.as_ref()) {
+            match self.choose(&mut state, tried) {
                 Some(i) => {
                     state.health[i].in_flight += 1;
-                    if let Some(tried) = &tried {
-                        tried.add(&self.host, i);
-                    }
+                    tried.add(self.id(), i);
                     Ok(i)
                 }
                 None => Err(state
@@ -438,33 +413,31 @@ where
                     .unwrap_or_default()),
             }
         };
-        let index = match chosen {
-            Ok(i) => i,
-            Err(retry_after) => {
-                self.metrics.fail_fast(&self.host, "circuit_open");
-                let err = error::circuit_open(CircuitOpen {
-                    host: self.host.to_string(),
-                    retry_after,
-                });
-                return Box::pin(async move { Err(err) });
-            }
-        };
-        let endpoint = self.endpoints[index].clone();
-        let mut guard = InFlight {
-            balancer: self.clone(),
-            index,
-            done: false,
-        };
-        Box::pin(async move {
-            let result = endpoint.oneshot(request).await;
+        async move {
+            let index = match chosen {
+                Ok(i) => i,
+                Err(retry_after) => {
+                    self.metrics.fail_fast(&self.host, "circuit_open");
+                    return Err(error::circuit_open(CircuitOpen {
+                        host: self.host.to_string(),
+                        retry_after,
+                    }));
+                }
+            };
+            let mut guard = InFlight {
+                balancer: self,
+                index,
+                done: false,
+            };
+            let result = self.endpoints[index].call(request, tried).await;
             let outcome = match &result {
                 Ok(response) => outcome_of(response),
                 Err(_) => Outcome::LocalOrigin,
             };
             guard.done = true;
-            guard.balancer.record(guard.index, outcome);
+            self.record(index, outcome);
             result
-        })
+        }
     }
 }
 
@@ -472,16 +445,23 @@ where
 mod tests {
     use super::*;
     use crate::classify::status_response;
+    use crate::testing::call_hop;
     use crate::testing::{ok_response, request};
+    use crate::TowerHop;
     use tonic::Code;
     use tower_test::mock;
 
     /// A balancer over `n` mock endpoints, each answering with what the test sends.
-    type Mocked = Balancer<mock::Mock<Request, Response>>;
+    type Mocked = Balancer<TowerHop<mock::Mock<Request, Response>>>;
+    type Handles = [mock::Handle<Request, Response>];
 
     fn balancer(n: usize, config: Config) -> (Mocked, Vec<mock::Handle<Request, Response>>) {
-        let (services, handles): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| mock::pair::<Request, Response>()).unzip();
+        let (services, handles): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| {
+                let (service, handle) = mock::pair::<Request, Response>();
+                (TowerHop(service), handle)
+            })
+            .unzip();
         (
             Balancer::new(
                 "h",
@@ -494,30 +474,42 @@ mod tests {
         )
     }
 
-    /// Calls once; the endpoint that got it answers `answer`. Returns the endpoint index.
-    async fn call(
-        b: &mut Mocked,
-        handles: &mut [mock::Handle<Request, Response>],
+    /// One try of the call `tried` records; the endpoint that got it answers `answer`.
+    /// Returns the endpoint's index (usize::MAX if none got it).
+    async fn try_once(
+        b: &Mocked,
+        handles: &mut Handles,
+        tried: &mut Tried,
         answer: Option<Code>,
     ) -> Result<usize, BoxError> {
-        let fut = b.call(request());
-        // Find which endpoint received it.
-        let task = tokio::spawn(fut);
-        tokio::task::yield_now().await;
-        for _ in 0..50 {
-            for (i, h) in handles.iter_mut().enumerate() {
-                if let Some(Some((_, send))) = futures::FutureExt::now_or_never(h.next_request()) {
-                    send.send_response(match answer {
-                        None => ok_response(),
-                        Some(code) => status_response(code, "test"),
-                    });
-                    task.await.expect("joins")?;
-                    return Ok(i);
+        let answering = async {
+            for _ in 0..50 {
+                for (i, h) in handles.iter_mut().enumerate() {
+                    if let Some(Some((_, send))) =
+                        futures::FutureExt::now_or_never(h.next_request())
+                    {
+                        send.send_response(match answer {
+                            None => ok_response(),
+                            Some(code) => status_response(code, "test"),
+                        });
+                        return i;
+                    }
                 }
+                tokio::task::yield_now().await;
             }
-            tokio::task::yield_now().await;
-        }
-        task.await.expect("joins").map(|_| usize::MAX)
+            usize::MAX
+        };
+        let (result, answered) = tokio::join!(b.call(request(), tried), answering);
+        result.map(|_| answered)
+    }
+
+    /// Calls once; the endpoint that got it answers `answer`. Returns the endpoint index.
+    async fn call(
+        b: &Mocked,
+        handles: &mut Handles,
+        answer: Option<Code>,
+    ) -> Result<usize, BoxError> {
+        try_once(b, handles, &mut Tried::default(), answer).await
     }
 
     fn config(consecutive_5xx: u32, max_pct: u32) -> Config {
@@ -530,44 +522,27 @@ mod tests {
         }
     }
 
-    /// Sends `request` and answers it `UNAVAILABLE` from whichever endpoint got it.
-    async fn answer_one(
-        b: &mut Mocked,
-        handles: &mut [mock::Handle<Request, Response>],
-        request: Request,
-    ) -> usize {
-        let task = tokio::spawn(b.call(request));
-        tokio::task::yield_now().await;
-        let mut answered = None;
-        for (i, h) in handles.iter_mut().enumerate() {
-            if let Some(Some((_, send))) = futures::FutureExt::now_or_never(h.next_request()) {
-                send.send_response(status_response(Code::Unavailable, "down"));
-                answered = Some(i);
-            }
-        }
-        task.await.expect("joins").expect("answered");
-        answered.expect("an endpoint got it")
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_retry_goes_to_an_endpoint_its_call_has_not_tried() {
-        let (mut b, mut handles) = balancer(2, config(100, 100));
+        let (b, mut handles) = balancer(2, config(100, 100));
         for _ in 0..4 {
             // A call's first try, another call in between (round robin moves on), then
             // the first call's retry: it must not land where its first try did.
-            let tried = Tried::default();
-            let mut first = request();
-            first.extensions_mut().insert(tried.clone());
-            let first = answer_one(&mut b, &mut handles, first).await;
-            answer_one(&mut b, &mut handles, request()).await;
-            let mut retry = request();
-            retry.extensions_mut().insert(tried.clone());
-            let retry = answer_one(&mut b, &mut handles, retry).await;
+            let mut tried = Tried::default();
+            let down = Some(Code::Unavailable);
+            let first = try_once(&b, &mut handles, &mut tried, down)
+                .await
+                .expect("answered");
+            call(&b, &mut handles, down).await.expect("answered");
+            let retry = try_once(&b, &mut handles, &mut tried, down)
+                .await
+                .expect("answered");
             assert_ne!(first, retry, "the retry went back to the endpoint it tried");
             // Both tried: a third try still goes somewhere.
-            let mut third = request();
-            third.extensions_mut().insert(tried);
-            answer_one(&mut b, &mut handles, third).await;
+            let third = try_once(&b, &mut handles, &mut tried, down)
+                .await
+                .expect("answered");
+            assert!(third < 2);
         }
     }
 
@@ -577,7 +552,10 @@ mod tests {
         let addresses = ["http://a:1".to_owned(), "http://b:1".to_owned()];
         let build = |memory: &Memory, addresses: &[String]| {
             let (services, handles): (Vec<_>, Vec<_>) = (0..addresses.len())
-                .map(|_| mock::pair::<Request, Response>())
+                .map(|_| {
+                    let (service, handle) = mock::pair::<Request, Response>();
+                    (TowerHop(service), handle)
+                })
                 .unzip();
             let b = Balancer::remembered(
                 "h",
@@ -590,8 +568,8 @@ mod tests {
             );
             (b, handles)
         };
-        let (mut b, mut handles) = build(&memory, &addresses);
-        let failed = call(&mut b, &mut handles, Some(Code::Unavailable))
+        let (b, mut handles) = build(&memory, &addresses);
+        let failed = call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         assert_eq!(b.ejected(), [failed]);
@@ -605,34 +583,34 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejects_after_n_consecutive_errors_and_opens_the_circuit() {
-        let (mut b, mut handles) = balancer(1, config(3, 100));
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        let (b, mut handles) = balancer(1, config(3, 100));
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
-        call(&mut b, &mut handles, Some(Code::Internal))
+        call(&b, &mut handles, Some(Code::Internal))
             .await
             .expect("answered");
         assert!(b.ejected().is_empty(), "two errors are not three");
         // A success resets the count.
-        call(&mut b, &mut handles, None).await.expect("answered");
+        call(&b, &mut handles, None).await.expect("answered");
         for _ in 0..2 {
-            call(&mut b, &mut handles, Some(Code::Unavailable))
+            call(&b, &mut handles, Some(Code::Unavailable))
                 .await
                 .expect("answered");
         }
         assert!(b.ejected().is_empty());
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         assert_eq!(b.ejected(), vec![0], "ejected on the third in a row");
         // Circuit open: fails at once with the time until the endpoint returns.
-        let err = b.call(request()).await.expect_err("fail fast");
+        let err = call_hop(&b, request()).await.expect_err("fail fast");
         let open = crate::error::find::<CircuitOpen>(&*err).expect("circuit open");
         assert_eq!(open.retry_after, Duration::from_secs(30));
         // Non-5xx codes are not outliers.
         tokio::time::advance(Duration::from_secs(30)).await;
         for _ in 0..5 {
-            call(&mut b, &mut handles, Some(Code::NotFound))
+            call(&b, &mut handles, Some(Code::NotFound))
                 .await
                 .expect("answered");
         }
@@ -641,8 +619,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejection_time_grows_with_each_ejection_and_decays_while_healthy() {
-        let (mut b, mut handles) = balancer(1, config(1, 100));
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        let (b, mut handles) = balancer(1, config(1, 100));
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         assert_eq!(b.ejected(), vec![0]);
@@ -651,7 +629,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(b.ejected().is_empty());
         // Second ejection right away: 2 x 30 s.
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -660,7 +638,7 @@ mod tests {
         assert!(b.ejected().is_empty());
         // Healthy for two intervals (20 s): the multiplier decays from 2 to 0.
         tokio::time::advance(Duration::from_secs(20)).await;
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -670,39 +648,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_is_respected_with_several_endpoints() {
         // 3 endpoints, 50 %: one out is 33 %, two would be 66 %: one only.
-        let (mut b, mut handles) = balancer(3, config(1, 50));
+        let (b, mut handles) = balancer(3, config(1, 50));
         for _ in 0..12 {
-            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+            let _ = call(&b, &mut handles, Some(Code::Unavailable)).await;
         }
         assert_eq!(b.ejected().len(), 1);
         // 4 endpoints, 50 %: at most two out; every endpoint fails.
-        let (mut b, mut handles) = balancer(4, config(1, 50));
+        let (b, mut handles) = balancer(4, config(1, 50));
         for _ in 0..12 {
-            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+            let _ = call(&b, &mut handles, Some(Code::Unavailable)).await;
         }
         assert_eq!(b.ejected().len(), 2);
         // 10 % of 4 is less than one endpoint: none is ejected (as current Envoy).
-        let (mut b, mut handles) = balancer(4, config(1, 10));
+        let (b, mut handles) = balancer(4, config(1, 10));
         for _ in 0..12 {
-            let _ = call(&mut b, &mut handles, Some(Code::Unavailable)).await;
+            let _ = call(&b, &mut handles, Some(Code::Unavailable)).await;
         }
         assert!(b.ejected().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn round_robin_skips_ejected_endpoints() {
-        let (mut b, mut handles) = balancer(3, config(1, 100));
+        let (b, mut handles) = balancer(3, config(1, 100));
         let mut hits = vec![];
         for _ in 0..3 {
-            hits.push(call(&mut b, &mut handles, None).await.expect("answered"));
+            hits.push(call(&b, &mut handles, None).await.expect("answered"));
         }
         hits.sort();
         assert_eq!(hits, vec![0, 1, 2]);
-        let failed = call(&mut b, &mut handles, Some(Code::DeadlineExceeded))
+        let failed = call(&b, &mut handles, Some(Code::DeadlineExceeded))
             .await
             .expect("answered");
         for _ in 0..6 {
-            let i = call(&mut b, &mut handles, None).await.expect("answered");
+            let i = call(&b, &mut handles, None).await.expect("answered");
             assert_ne!(i, failed);
         }
     }
@@ -714,19 +692,19 @@ mod tests {
             consecutive_gateway: Some(2),
             ..config(0, 100)
         };
-        let (mut b, mut handles) = balancer(1, cfg);
+        let (b, mut handles) = balancer(1, cfg);
         // INTERNAL is 5xx but not a gateway error: no ejection, and it resets the streak.
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
-        call(&mut b, &mut handles, Some(Code::Internal))
+        call(&b, &mut handles, Some(Code::Internal))
             .await
             .expect("answered");
-        call(&mut b, &mut handles, Some(Code::DeadlineExceeded))
+        call(&b, &mut handles, Some(Code::DeadlineExceeded))
             .await
             .expect("answered");
         assert!(b.ejected().is_empty());
-        call(&mut b, &mut handles, Some(Code::Unavailable))
+        call(&b, &mut handles, Some(Code::Unavailable))
             .await
             .expect("answered");
         assert_eq!(b.ejected(), vec![0]);

@@ -9,12 +9,14 @@
 
 use crate::error::{self, BoxError, Overflow};
 use crate::metrics::MeshMetrics;
-use crate::{BoxFuture, Request, Response};
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
@@ -81,28 +83,19 @@ pub struct Pool<S> {
     state: Arc<State>,
 }
 
-impl<S> Service<Request> for Pool<S>
-where
-    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    /// Always ready: a full pool is answered in `call`, at once, as Envoy does.
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let state = self.state.clone();
-        let inner = self.inner.clone();
+impl<S: Hop> Hop for Pool<S> {
+    /// A full pool is answered at once, as Envoy does.
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        let state = &self.state;
         let streaming = request
             .extensions()
             .get::<crate::classify::Streaming>()
             .is_some();
-        Box::pin(async move {
+        async move {
             let permit = match state.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
@@ -125,13 +118,13 @@ where
                         .map_err(|e| -> BoxError { Box::new(e) })?
                 }
             };
-            let result = inner.oneshot(request).await;
+            let result = self.inner.call(request, tried).await;
             match result {
                 // A stream is in flight until its body ends: the slot goes with the body.
                 Ok(response) if streaming => Ok(response.map(|body| hold(body, permit))),
                 other => other,
             }
-        })
+        }
     }
 }
 
@@ -181,7 +174,8 @@ impl Drop for Queued<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{ok_response, request};
+    use crate::testing::{call_hop, ok_response, request};
+    use crate::TowerHop;
     use tokio_test::{assert_pending, assert_ready};
     use tower_test::mock;
 
@@ -189,7 +183,7 @@ mod tests {
     async fn overflow_fails_fast_and_frees_on_completion() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
         let metrics = MeshMetrics::default();
-        let mut svc = PoolLayer::layer(
+        let svc = PoolLayer::layer(
             "delivery",
             Config {
                 max_requests: 1,
@@ -197,14 +191,14 @@ mod tests {
             },
             metrics.clone(),
         )
-        .layer(inner);
+        .layer(TowerHop(inner));
         // One in flight, one waiting, the third refused at once.
-        let mut first = tokio_test::task::spawn(svc.call(request()));
+        let mut first = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(first.poll());
         let (_, first_send) = handle.next_request().await.expect("first called");
-        let mut second = tokio_test::task::spawn(svc.call(request()));
+        let mut second = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(second.poll());
-        let mut third = tokio_test::task::spawn(svc.call(request()));
+        let mut third = tokio_test::task::spawn(call_hop(&svc, request()));
         let err = assert_ready!(third.poll()).expect_err("overflow");
         let status = err.downcast_ref::<tonic::Status>().expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -223,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_holds_its_slot_until_its_body_ends() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
-        let mut svc = PoolLayer::layer(
+        let svc = PoolLayer::layer(
             "status",
             Config {
                 max_requests: 1,
@@ -231,13 +225,13 @@ mod tests {
             },
             MeshMetrics::default(),
         )
-        .layer(inner);
+        .layer(TowerHop(inner));
         let streaming = || {
             let mut r = request();
             r.extensions_mut().insert(crate::classify::Streaming);
             r
         };
-        let mut first = tokio_test::task::spawn(svc.call(streaming()));
+        let mut first = tokio_test::task::spawn(call_hop(&svc, streaming()));
         assert_pending!(first.poll());
         let (_, send) = handle.next_request().await.expect("called");
         // Headers now, the body still open (a watch stream).
@@ -249,10 +243,10 @@ mod tests {
         send.send_response(http::Response::new(open));
         let stream = assert_ready!(first.poll()).expect("the stream started");
         // The stream is still in flight: the next call overflows.
-        let mut second = tokio_test::task::spawn(svc.call(streaming()));
+        let mut second = tokio_test::task::spawn(call_hop(&svc, streaming()));
         assert!(assert_ready!(second.poll()).is_err(), "slot still held");
         drop(stream);
-        let mut third = tokio_test::task::spawn(svc.call(streaming()));
+        let mut third = tokio_test::task::spawn(call_hop(&svc, streaming()));
         assert_pending!(third.poll());
         assert!(handle.next_request().await.is_some(), "slot given back");
     }
@@ -260,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn zero_pending_refuses_everything_beyond_in_flight() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
-        let mut svc = PoolLayer::layer(
+        let svc = PoolLayer::layer(
             "h",
             Config {
                 max_requests: 2,
@@ -268,21 +262,21 @@ mod tests {
             },
             MeshMetrics::default(),
         )
-        .layer(inner);
-        let mut a = tokio_test::task::spawn(svc.call(request()));
-        let mut b = tokio_test::task::spawn(svc.call(request()));
+        .layer(TowerHop(inner));
+        let mut a = tokio_test::task::spawn(call_hop(&svc, request()));
+        let mut b = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(a.poll());
         assert_pending!(b.poll());
         let _a = handle.next_request().await;
         let _b = handle.next_request().await;
-        let mut c = tokio_test::task::spawn(svc.call(request()));
+        let mut c = tokio_test::task::spawn(call_hop(&svc, request()));
         assert!(assert_ready!(c.poll()).is_err());
     }
 
     #[tokio::test]
     async fn a_waiting_call_dropped_gives_its_place_back() {
         let (inner, mut handle) = mock::pair::<Request, Response>();
-        let mut svc = PoolLayer::layer(
+        let svc = PoolLayer::layer(
             "h",
             Config {
                 max_requests: 1,
@@ -290,17 +284,17 @@ mod tests {
             },
             MeshMetrics::default(),
         )
-        .layer(inner);
-        let mut first = tokio_test::task::spawn(svc.call(request()));
+        .layer(TowerHop(inner));
+        let mut first = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(first.poll());
         let _first = handle.next_request().await;
         for _ in 0..5 {
             // Wait, then give up (a timeout): the place must come back every time.
-            let mut waiting = tokio_test::task::spawn(svc.call(request()));
+            let mut waiting = tokio_test::task::spawn(call_hop(&svc, request()));
             assert_pending!(waiting.poll());
             drop(waiting);
         }
-        let mut last = tokio_test::task::spawn(svc.call(request()));
+        let mut last = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(last.poll());
     }
 }

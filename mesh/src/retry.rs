@@ -11,14 +11,15 @@
 use crate::classify::{outcome_of, Outcome};
 use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout, Timeout as RouteTimeout};
 use crate::metrics::MeshMetrics;
+use crate::outlier::Tried;
 use crate::replay::Replay;
-use crate::{BoxFuture, Request, Response};
+use crate::{Hop, Request, Response};
 use rand::Rng;
+use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::Code;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
 /// Envoy's back-off base interval.
 pub const BASE_INTERVAL: Duration = Duration::from_millis(25);
@@ -151,7 +152,7 @@ const BODY_BACK_WITHIN: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct RetryLayer(Arc<Policy>);
 
-/// What every try of every call reads; shared, as the service is cloned per call.
+/// What every try of every call reads.
 #[derive(Debug, Clone)]
 struct Policy {
     host: String,
@@ -212,29 +213,20 @@ fn rebuild(parts: &http::request::Parts, body: tonic::body::Body) -> Request {
     request
 }
 
-impl<S> Service<Request> for Retry<S>
-where
-    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let inner = self.inner.clone();
-        let layer = self.layer.0.clone();
-        Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            // Shared by every try (extensions are cloned into each): the balancer steers
-            // retries away from the endpoints already tried. No retries, nothing to steer.
-            if layer.config.attempts > 0 {
-                parts.extensions.insert(crate::outlier::Tried::default());
-            }
+impl<S: Hop> Hop for Retry<S> {
+    /// The tries of this call get their own record of the endpoints tried.
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        _: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        let layer = &*self.layer.0;
+        let inner = &self.inner;
+        async move {
+            let (parts, body) = request.into_parts();
+            // Shared by every try: the balancer steers retries away from the endpoints
+            // already tried.
+            let mut tried = Tried::default();
             let replay = Replay::new(body);
             // The route's deadline: each try is bounded by the sooner of it and the per-try
             // timeout, with one timer.
@@ -245,7 +237,7 @@ where
             let route_timeout = |d: RouteDeadline| error::timeout(RouteTimeout(d.limit));
             let mut retry = 0u32;
             loop {
-                let attempt = inner.clone().oneshot(rebuild(&parts, replay.body()));
+                let attempt = inner.call(rebuild(&parts, replay.body()), &mut tried);
                 let per_try = layer
                     .config
                     .per_try_timeout
@@ -285,7 +277,7 @@ where
                 }
                 layer.metrics.retry(&layer.host);
             }
-        })
+        }
     }
 }
 
@@ -293,19 +285,18 @@ where
 mod tests {
     use super::*;
     use crate::classify::status_response;
-    use crate::testing::{ok_response, request};
+    use crate::testing::{call_hop, ok_response, request};
+    use crate::TowerHop;
     use tokio_test::{assert_pending, assert_ready};
     use tower_test::mock;
+
+    type Mocked = Retry<TowerHop<mock::Mock<Request, Response>>>;
 
     fn layer(
         attempts: u32,
         per_try: Option<Duration>,
         on: &str,
-    ) -> (
-        Retry<mock::Mock<Request, Response>>,
-        mock::Handle<Request, Response>,
-        MeshMetrics,
-    ) {
+    ) -> (Mocked, mock::Handle<Request, Response>, MeshMetrics) {
         layer_timed(attempts, per_try, on, None)
     }
 
@@ -314,11 +305,7 @@ mod tests {
         per_try: Option<Duration>,
         on: &str,
         route_timeout: Option<Duration>,
-    ) -> (
-        Retry<mock::Mock<Request, Response>>,
-        mock::Handle<Request, Response>,
-        MeshMetrics,
-    ) {
+    ) -> (Mocked, mock::Handle<Request, Response>, MeshMetrics) {
         let (inner, handle) = mock::pair::<Request, Response>();
         let metrics = MeshMetrics::default();
         let config = Config {
@@ -331,7 +318,7 @@ mod tests {
                 .with_route_timeout(crate::timeout::Config {
                     timeout: route_timeout,
                 })
-                .layer(inner),
+                .layer(TowerHop(inner)),
             handle,
             metrics,
         )
@@ -365,8 +352,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_exactly_attempts_times_then_gives_the_last_answer() {
-        let (mut svc, mut handle, metrics) = layer(3, None, "unavailable");
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let (svc, mut handle, metrics) = layer(3, None, "unavailable");
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         for _ in 0..4 {
             assert_pending!(call.poll());
             // Let the back-off sleep run out.
@@ -384,8 +371,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_status_in_trailers_comes_too_late_to_retry() {
-        let (mut svc, mut handle, metrics) = layer(3, None, "unavailable");
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let (svc, mut handle, metrics) = layer(3, None, "unavailable");
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_, send) = handle.next_request().await.expect("a try");
         // UNAVAILABLE after the headers: Envoy has sent them on and cannot retry.
@@ -407,8 +394,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stops_at_the_first_success_and_ignores_other_codes() {
-        let (mut svc, mut handle, metrics) = layer(5, None, "unavailable");
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let (svc, mut handle, metrics) = layer(5, None, "unavailable");
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_, send) = handle.next_request().await.expect("first try");
         send.send_response(status_response(Code::Unavailable, "down"));
@@ -421,7 +408,7 @@ mod tests {
         assert_eq!(metrics.snapshot("h").0, 1);
 
         // NOT_FOUND is not in retryOn: one try only.
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_, send) = handle.next_request().await.expect("a try");
         send.send_response(status_response(Code::NotFound, "no"));
@@ -431,9 +418,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn per_try_timeout_is_retried_within_the_attempts() {
-        let (mut svc, mut handle, metrics) =
+        let (svc, mut handle, metrics) =
             layer(1, Some(Duration::from_millis(100)), "gateway-error");
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_, _first_never_answered) = handle.next_request().await.expect("first try");
         tokio::time::advance(Duration::from_millis(101)).await;
@@ -458,7 +445,7 @@ mod tests {
         });
         let _ = inner;
         let metrics = MeshMetrics::default();
-        let mut svc = RetryLayer::layer(
+        let svc = RetryLayer::layer(
             "h",
             Config {
                 attempts: 5,
@@ -467,21 +454,21 @@ mod tests {
             },
             metrics.clone(),
         )
-        .layer(failing);
-        assert!(svc.call(request()).await.is_err());
+        .layer(TowerHop(failing));
+        assert!(call_hop(&svc, request()).await.is_err());
         assert_eq!(metrics.snapshot("h").0, 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn overall_timeout_cuts_the_tries_short() {
-        let (mut svc, mut handle, metrics) = layer_timed(
+        let (svc, mut handle, metrics) = layer_timed(
             5,
             Some(Duration::from_millis(100)),
             "gateway-error",
             Some(Duration::from_millis(250)),
         );
         let started = tokio::time::Instant::now();
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         let mut tries = 0;
         let mut pending = vec![];
         for _ in 0..30 {
@@ -517,9 +504,9 @@ mod tests {
     // The route timeout on its own (no retries): what the timeout layer's tests asserted.
     #[tokio::test(start_paused = true)]
     async fn fails_at_the_deadline_not_before() {
-        let (mut svc, mut handle, _) =
+        let (svc, mut handle, _) =
             layer_timed(0, None, "unavailable", Some(Duration::from_millis(100)));
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_req, _send) = handle
             .next_request()
@@ -537,8 +524,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_timeout_passes_through() {
-        let (mut svc, mut handle, _) = layer_timed(0, None, "unavailable", None);
-        let mut call = tokio_test::task::spawn(svc.call(request()));
+        let (svc, mut handle, _) = layer_timed(0, None, "unavailable", None);
+        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
         assert_pending!(call.poll());
         let (_req, send) = handle.next_request().await.expect("called");
         tokio::time::advance(Duration::from_secs(3600)).await;

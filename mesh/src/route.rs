@@ -3,9 +3,9 @@
 //! in a block ANDed, as in Istio; `uri` and `headers` with `exact` or `prefix`.
 
 use crate::error::{self, BoxError, NoRoute};
-use crate::{BoxFuture, MeshService, Request, Response};
-use std::task::{Context, Poll};
-use tower::Service;
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
+use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringMatch {
@@ -44,16 +44,14 @@ impl MatchBlock {
     }
 }
 
-#[derive(Clone)]
-pub struct Router {
+pub struct Router<R> {
     host: String,
-    /// (match blocks, route stack); empty blocks accept everything. Owned: a router is
-    /// cloned only with its `MeshClient`, not per call.
-    routes: Vec<(Vec<MatchBlock>, MeshService)>,
+    /// (match blocks, route stack); empty blocks accept everything.
+    routes: Vec<(Vec<MatchBlock>, R)>,
 }
 
-impl Router {
-    pub fn new(host: &str, routes: Vec<(Vec<MatchBlock>, MeshService)>) -> Self {
+impl<R> Router<R> {
+    pub fn new(host: &str, routes: Vec<(Vec<MatchBlock>, R)>) -> Self {
         Self {
             host: host.to_owned(),
             routes,
@@ -61,30 +59,24 @@ impl Router {
     }
 }
 
-impl Service<Request> for Router {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+impl<R: Hop> Hop for Router<R> {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let chosen = self
             .routes
-            .iter_mut()
-            .find(|(blocks, _)| blocks.is_empty() || blocks.iter().any(|b| b.accepts(&request)));
-        match chosen {
-            // Called as it is, no clone and no readiness wait: every layer of the mesh is
-            // always ready (a limit fails the call fast instead), see crate::MeshService.
-            Some((_, route)) => route.call(request),
-            None => {
-                let err = error::no_route(NoRoute {
+            .iter()
+            .find(|(blocks, _)| blocks.is_empty() || blocks.iter().any(|b| b.accepts(&request)))
+            .map(|(_, route)| route);
+        async move {
+            match chosen {
+                Some(route) => route.call(request, tried).await,
+                None => Err(error::no_route(NoRoute {
                     host: self.host.clone(),
                     path: request.uri().path().to_owned(),
-                });
-                Box::pin(async move { Err(err) })
+                })),
             }
         }
     }
@@ -94,11 +86,12 @@ impl Service<Request> for Router {
 mod tests {
     use super::*;
     use crate::classify::{outcome_of, status_response, Outcome};
-    use crate::testing::request;
+    use crate::testing::{call_hop, request};
+    use crate::TowerHop;
     use tonic::Code;
 
-    fn answering(code: Code) -> MeshService {
-        MeshService::new(tower::service_fn(move |_r: Request| async move {
+    fn answering(code: Code) -> impl Hop {
+        TowerHop(tower::service_fn(move |_r: Request| async move {
             Ok::<_, BoxError>(status_response(code, ""))
         }))
     }
@@ -120,23 +113,23 @@ mod tests {
                 StringMatch::Exact("yes".into()),
             )],
         };
-        let mut router = Router::new(
+        let router = Router::new(
             "delivery",
             vec![
                 (vec![other], answering(Code::Internal)),
                 (vec![cancel], answering(Code::NotFound)),
             ],
         );
-        let response = router.call(request()).await.expect("routed");
+        let response = call_hop(&router, request()).await.expect("routed");
         assert_eq!(outcome_of(&response), Outcome::Grpc(Code::NotFound));
         let mut with_header = request();
         with_header
             .headers_mut()
             .insert("x-test", http::HeaderValue::from_static("yes"));
-        let response = router.call(with_header).await.expect("routed");
+        let response = call_hop(&router, with_header).await.expect("routed");
         assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Internal));
 
-        let mut none = Router::new(
+        let none = Router::new(
             "delivery",
             vec![(
                 vec![MatchBlock {
@@ -146,7 +139,7 @@ mod tests {
                 answering(Code::Ok),
             )],
         );
-        let err = none.call(request()).await.expect_err("no route");
+        let err = call_hop(&none, request()).await.expect_err("no route");
         assert!(crate::error::find::<NoRoute>(&*err).is_some());
     }
 }

@@ -5,26 +5,22 @@
 //! retry may go to another weighted destination (Envoy keeps the cluster of the first try).
 
 use crate::error::BoxError;
-use crate::{BoxFuture, MeshService, Request, Response};
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
 use rand::Rng;
-use std::task::{Context, Poll};
-use tower::{Service, ServiceExt};
+use std::future::Future;
 
-#[derive(Clone)]
-pub struct WeightedSplit {
-    /// Shared: the split is cloned per call.
-    targets: std::sync::Arc<[(u32, MeshService)]>,
+pub struct WeightedSplit<S> {
+    targets: Vec<(u32, S)>,
     total: u32,
 }
 
-impl WeightedSplit {
-    /// Targets with weight 0 never get a call; at least one weight must be > 0.
-    pub fn new(targets: Vec<(u32, MeshService)>) -> Self {
+impl<S> WeightedSplit<S> {
+    /// Targets with weight 0 never get a call; at least one weight must be > 0. One target
+    /// gets every call without a roll.
+    pub fn new(targets: Vec<(u32, S)>) -> Self {
         let total = targets.iter().map(|(w, _)| *w).sum();
-        Self {
-            targets: targets.into(),
-            total,
-        }
+        Self { targets, total }
     }
 
     fn pick(&self, roll: u32) -> usize {
@@ -39,35 +35,31 @@ impl WeightedSplit {
     }
 }
 
-impl Service<Request> for WeightedSplit {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = BoxFuture<Result<Response, BoxError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let roll = if self.total == 0 {
+impl<S: Hop> Hop for WeightedSplit<S> {
+    fn call<'a>(
+        &'a self,
+        request: Request,
+        tried: &'a mut Tried,
+    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
+        let chosen = if self.targets.len() == 1 || self.total == 0 {
             0
         } else {
-            rand::thread_rng().gen_range(0..self.total)
+            self.pick(rand::thread_rng().gen_range(0..self.total))
         };
-        let target = self.targets[self.pick(roll)].1.clone();
-        Box::pin(target.oneshot(request))
+        self.targets[chosen].1.call(request, tried)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{ok_response, request};
+    use crate::testing::{call_hop, ok_response, request};
+    use crate::TowerHop;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    fn counting(counter: Arc<AtomicUsize>) -> MeshService {
-        MeshService::new(tower::service_fn(move |_r: Request| {
+    fn counting(counter: Arc<AtomicUsize>) -> impl Hop {
+        TowerHop(tower::service_fn(move |_r: Request| {
             counter.fetch_add(1, Ordering::Relaxed);
             async { Ok::<_, BoxError>(ok_response()) }
         }))
@@ -76,10 +68,9 @@ mod tests {
     #[tokio::test]
     async fn splits_by_weight() {
         let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut split =
-            WeightedSplit::new(vec![(25, counting(a.clone())), (75, counting(b.clone()))]);
+        let split = WeightedSplit::new(vec![(25, counting(a.clone())), (75, counting(b.clone()))]);
         for _ in 0..20_000 {
-            split.call(request()).await.expect("ok");
+            call_hop(&split, request()).await.expect("ok");
         }
         let share = a.load(Ordering::Relaxed) as f64 / 200.0;
         assert!((share - 25.0).abs() < 1.5, "v2 got {share:.2} %");
@@ -91,10 +82,8 @@ mod tests {
 
     #[test]
     fn pick_boundaries() {
-        let noop = MeshService::new(tower::service_fn(|_r: Request| async {
-            Ok::<_, BoxError>(ok_response())
-        }));
-        let split = WeightedSplit::new(vec![(0, noop.clone()), (10, noop.clone()), (90, noop)]);
+        let noop = || counting(Arc::default());
+        let split = WeightedSplit::new(vec![(0, noop()), (10, noop()), (90, noop())]);
         assert_eq!(split.pick(0), 1);
         assert_eq!(split.pick(9), 1);
         assert_eq!(split.pick(10), 2);

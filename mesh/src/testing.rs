@@ -1,7 +1,14 @@
 //! Helpers for the unit tests of the layers.
 
-use crate::{Request, Response};
+use crate::error::BoxError;
+use crate::outlier::Tried;
+use crate::{Hop, Request, Response};
 use http::HeaderMap;
+
+/// One call through `hop`, as a call's first try.
+pub async fn call_hop<H: Hop>(hop: &H, request: Request) -> Result<Response, BoxError> {
+    hop.call(request, &mut Tried::default()).await
+}
 
 /// A unary gRPC request with a small body.
 pub fn request() -> Request {
