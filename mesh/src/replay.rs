@@ -4,7 +4,7 @@
 //! dropped before it read the body (a connect failure) hands the unread body back. So the
 //! first try costs no buffering, and every retry sends the same bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::pin::Pin;
@@ -12,12 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tonic::body::Body;
 
+/// What read chunks are kept in: a unary request is one chunk.
+type Chunks = smallvec::SmallVec<[Bytes; 2]>;
+
 #[derive(Default)]
 struct Shared {
     /// The part of the caller's body no try has read yet.
     rest: Option<Body>,
-    /// What tries have read so far.
-    read: BytesMut,
+    /// What tries have read so far, the chunks as they came (shared, not copied).
+    read: Chunks,
     trailers: Option<HeaderMap>,
     /// The caller's body has ended.
     ended: bool,
@@ -25,10 +28,12 @@ struct Shared {
 
 /// The source of every try's body.
 #[derive(Clone)]
-pub struct Replay {
-    shared: Arc<Mutex<Shared>>,
+pub struct Replay(Arc<Inner>);
+
+struct Inner {
+    shared: Mutex<Shared>,
     /// Told when a try hands the body back or reads it to its end.
-    returned: Arc<tokio::sync::Notify>,
+    returned: tokio::sync::Notify,
 }
 
 fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -37,20 +42,20 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 impl Replay {
     pub fn new(body: Body) -> Self {
-        Self {
-            shared: Arc::new(Mutex::new(Shared {
+        Self(Arc::new(Inner {
+            shared: Mutex::new(Shared {
                 rest: Some(body),
                 ..Shared::default()
-            })),
-            returned: Arc::default(),
-        }
+            }),
+            returned: tokio::sync::Notify::new(),
+        }))
     }
 
     /// Waits, at most `within`, until a new try can get the whole body: the answer to a
     /// try can come before the HTTP/2 client has finished with its body (a server may
     /// answer before it read the request's end), and a retry must not be lost to that.
     pub async fn wait_available(&self, within: std::time::Duration) -> bool {
-        let returned = self.returned.notified();
+        let returned = self.0.returned.notified();
         tokio::pin!(returned);
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -64,25 +69,24 @@ impl Replay {
             {
                 return self.available();
             }
-            returned.set(self.returned.notified());
+            returned.set(self.0.returned.notified());
         }
     }
 
     /// Whether a new try can get the whole body (no earlier try still holds the rest).
     pub fn available(&self) -> bool {
-        let shared = lock(&self.shared);
+        let shared = lock(&self.0.shared);
         shared.rest.is_some() || shared.ended
     }
 
     /// The body of the next try.
     pub fn body(&self) -> Body {
-        let mut shared = lock(&self.shared);
-        let replay = shared.read.clone().freeze();
+        let mut shared = lock(&self.0.shared);
+        let replay = shared.read.clone().into_iter();
         let rest = shared.rest.take();
         Body::new(TryBody {
-            shared: self.shared.clone(),
-            returned: self.returned.clone(),
-            replay: (!replay.is_empty()).then_some(replay),
+            inner: self.0.clone(),
+            replay,
             rest,
             done: false,
         })
@@ -90,10 +94,9 @@ impl Replay {
 }
 
 struct TryBody {
-    shared: Arc<Mutex<Shared>>,
-    returned: Arc<tokio::sync::Notify>,
+    inner: Arc<Inner>,
     /// What earlier tries read, sent first.
-    replay: Option<Bytes>,
+    replay: smallvec::IntoIter<[Bytes; 2]>,
     /// The unread caller's body, while this try holds it.
     rest: Option<Body>,
     done: bool,
@@ -108,16 +111,16 @@ impl HttpBody for TryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        if let Some(replay) = this.replay.take() {
+        if let Some(replay) = this.replay.next() {
             return Poll::Ready(Some(Ok(Frame::data(replay))));
         }
         if let Some(rest) = this.rest.as_mut() {
             return match Pin::new(rest).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
-                    let mut shared = lock(&this.shared);
+                    let mut shared = lock(&this.inner.shared);
                     if let Some(data) = frame.data_ref() {
-                        shared.read.extend_from_slice(data);
+                        shared.read.push(data.clone());
                     } else if let Some(trailers) = frame.trailers_ref() {
                         shared.trailers = Some(trailers.clone());
                     }
@@ -126,8 +129,8 @@ impl HttpBody for TryBody {
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     this.rest = None;
-                    lock(&this.shared).ended = true;
-                    this.returned.notify_waiters();
+                    lock(&this.inner.shared).ended = true;
+                    this.inner.returned.notify_waiters();
                     this.done = true;
                     Poll::Ready(None)
                 }
@@ -138,25 +141,26 @@ impl HttpBody for TryBody {
             return Poll::Ready(None);
         }
         this.done = true;
-        match lock(&this.shared).trailers.clone() {
+        match lock(&this.inner.shared).trailers.clone() {
             Some(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match (&self.replay, &self.rest) {
-            (None, Some(rest)) => rest.is_end_stream(),
-            (None, None) => self.done,
+        match (self.replay.as_slice().is_empty(), &self.rest) {
+            (true, Some(rest)) => rest.is_end_stream(),
+            (true, None) => self.done,
             _ => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.replay, &self.rest) {
-            (None, Some(rest)) => rest.size_hint(),
-            (Some(replay), None) if lock(&self.shared).ended => {
-                SizeHint::with_exact(replay.len() as u64)
+        let replay = self.replay.as_slice();
+        match (replay.is_empty(), &self.rest) {
+            (true, Some(rest)) => rest.size_hint(),
+            (false, None) if lock(&self.inner.shared).ended => {
+                SizeHint::with_exact(replay.iter().map(|b| b.len() as u64).sum())
             }
             _ => SizeHint::default(),
         }
@@ -167,8 +171,8 @@ impl Drop for TryBody {
     fn drop(&mut self) {
         // Hand the unread rest back for the next try.
         if let Some(rest) = self.rest.take() {
-            lock(&self.shared).rest = Some(rest);
-            self.returned.notify_waiters();
+            lock(&self.inner.shared).rest = Some(rest);
+            self.inner.returned.notify_waiters();
         }
     }
 }
