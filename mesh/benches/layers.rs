@@ -133,11 +133,16 @@ async fn bench() {
             )),
         ),
     ];
-    // LAYERS_ONLY=<row>: that stack alone (for a profiler such as callgrind), LAYERS_CALLS calls.
+    // LAYERS_ONLY=<row>[,<row>...]: those stacks alone (one, for a profiler such as
+    // callgrind), LAYERS_CALLS calls each.
     if let Ok(only) = std::env::var("LAYERS_ONLY") {
-        let row: usize = only.parse().unwrap();
-        let stack = stacks.swap_remove(row);
-        stacks = vec![stack];
+        let rows: Vec<usize> = only.split(',').map(|r| r.trim().parse().unwrap()).collect();
+        stacks = stacks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(i))
+            .map(|(_, s)| s)
+            .collect();
     }
     let rounds: usize = std::env::var("LAYERS_CALLS")
         .ok()
@@ -150,8 +155,11 @@ async fn bench() {
     }
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); stacks.len()];
     let mut wakes = vec![(0u64, 0u64); stacks.len()];
-    for _ in 0..rounds {
-        for (i, (_, client)) in stacks.iter_mut().enumerate() {
+    let n = stacks.len();
+    for round in 0..rounds {
+        // Each round starts with the next stack: none always follows the same one.
+        for i in (0..n).map(|k| (round + k) % n) {
+            let client = &mut stacks[i].1;
             let (u, p) = (
                 UNPARKS.load(Ordering::Relaxed),
                 PARKS.load(Ordering::Relaxed),

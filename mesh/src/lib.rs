@@ -104,18 +104,28 @@ where
     }
 }
 
-/// A stack of hops as a tower service (a tonic client's transport): one box per call.
-pub struct HopService<H>(Arc<H>);
+/// A stack of hops as a tower service (a tonic client's transport): one box per call;
+/// keeps the timer wheel warm as a [`MeshClient`] does.
+pub struct HopService<H> {
+    hop: Arc<H>,
+    warming: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl<H> HopService<H> {
     pub fn new(hop: H) -> Self {
-        Self(Arc::new(hop))
+        Self {
+            hop: Arc::new(hop),
+            warming: Arc::default(),
+        }
     }
 }
 
 impl<H> Clone for HopService<H> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            hop: self.hop.clone(),
+            warming: self.warming.clone(),
+        }
     }
 }
 
@@ -129,7 +139,8 @@ impl<H: Hop + 'static> Service<Request> for HopService<H> {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let hop = self.0.clone();
+        keep_timers_warm(&self.warming);
+        let hop = self.hop.clone();
         Box::pin(async move { hop.call(request, &mut Tried::default()).await })
     }
 }
@@ -263,6 +274,38 @@ pub struct MeshClient {
     seen: u64,
     /// Outlier state kept across reloads that leave a balancer's endpoints as they were.
     memory: Arc<outlier::Memory>,
+    /// Whether the task keeping the runtime's timer wheel warm runs (see [`keep_timers_warm`]).
+    warming: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often the warming task's timer fires: timeouts at least this long register
+/// without waking a thread.
+pub const WARM_TIMER_PERIOD: Duration = Duration::from_millis(500);
+
+/// Keeps a timer due within [`WARM_TIMER_PERIOD`] in the runtime's timer wheel while
+/// `alive` has owners. Every try registers a timer (its per-try or route timeout); when
+/// the wheel holds none that is due sooner, tokio wakes a sleeping worker thread to
+/// re-arm its poll for the new deadline. With no other timer, that is one thread woken on
+/// every call for a deadline seconds away, which the layers bench measured as the mesh's
+/// largest cost at one call in flight (+0.6 to +0.9 wake-ups per call, about 10 % of its
+/// latency). This task costs two wake-ups a second instead.
+fn keep_timers_warm(alive: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if alive.load(Ordering::Relaxed) || alive.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        alive.store(false, Ordering::Release);
+        return;
+    };
+    let alive = Arc::downgrade(alive);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(WARM_TIMER_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while alive.strong_count() > 0 {
+            tick.tick().await;
+        }
+    });
 }
 
 impl MeshClient {
@@ -284,6 +327,7 @@ impl MeshClient {
             local: stack,
             seen: 0,
             memory,
+            warming: Arc::default(),
         })
     }
 
@@ -349,6 +393,7 @@ impl Service<Request> for MeshClient {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        keep_timers_warm(&self.warming);
         let now = self.generation.load(std::sync::atomic::Ordering::Acquire);
         if now != self.seen {
             self.local = self
