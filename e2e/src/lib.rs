@@ -571,6 +571,9 @@ impl Cluster {
             )
             .env("ACCOUNTS_FILE", accounts)
             .env("TOKEN_KEY_FILE", key)
+            // The pipeline /status reports is this cluster's, not whatever else the NATS
+            // server holds under the default namespace.
+            .env("EVENT_NAMESPACE", &self.namespace)
             .envs(env.iter().copied());
         self.tls_env(&mut cmd, "gateway");
         let child = self.launch("gateway", cmd, port).await;
