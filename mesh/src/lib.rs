@@ -1,6 +1,7 @@
-//! Istio's `DestinationRule` and `VirtualService`, enforced in-process as tower layers
-//! around tonic channels, so the YAML under `k8s/istio/` means the same with or without a
-//! sidecar. One module per policy, each with its `Config`, `Layer` and `Service`:
+//! Istio's `DestinationRule` and `VirtualService`, enforced in-process as layers around
+//! tonic channels, so the YAML under `k8s/istio/` means the same with or without a
+//! sidecar. One module per policy, each with its `Config`, a tower `Layer` that builds it,
+//! and its layer of the stack (a [`Hop`]):
 //!
 //! - [`fault`]: delay and abort injection (VirtualService `fault`), applied at the endpoint;
 //! - [`timeout`]: the route's overall timeout (enforced by the retry layer);
@@ -406,5 +407,33 @@ impl Service<Request> for MeshClient {
         // The one box of the call: the stack below runs inside it (see Hop).
         let stack = self.local.clone();
         Box::pin(async move { stack.call(request, &mut Tried::default()).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_keeps_one_warming_timer_while_it_lives() {
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let config = MeshConfig::from_lists("delivery", "", "http://127.0.0.1:1").expect("valid");
+        let client = MeshClient::load(&config, &MeshMetrics::default()).expect("loads");
+        let before = tasks();
+        // Calls from every clone share one warming task.
+        let mut clones = [client.clone(), client];
+        for clone in &mut clones {
+            drop(clone.call(testing::request()));
+        }
+        assert_eq!(tasks(), before + 1);
+        drop(clones);
+        tokio::time::sleep(WARM_TIMER_PERIOD * 2).await;
+        // Nothing of the client is left running: neither its warming task nor the workers
+        // of its channels.
+        assert_eq!(tasks(), 0, "the warming task ends with its client");
     }
 }
