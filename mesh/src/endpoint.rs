@@ -120,23 +120,34 @@ impl Endpoint {
         Lent {
             channel: Some(idle.unwrap_or_else(|| self.channel.clone())),
             to: &self.idle,
+            idle: false,
         }
     }
 }
 
-/// A clone of the channel, back to the idle ones when dropped.
+/// Idle clones kept per endpoint; more are dropped when given back.
+const MAX_IDLE_CHANNELS: usize = 64;
+
+/// A clone of the channel, back to the idle ones when dropped if it is idle: one whose
+/// call was cut off while it waited for a place in the connection's queue still holds
+/// that wait, which would keep a place nobody uses. Such a clone is dropped instead.
 struct Lent<'a> {
     channel: Option<Channel>,
     to: &'a Mutex<Vec<Channel>>,
+    /// Its request was handed over: nothing of the call is left in the clone.
+    idle: bool,
 }
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        if let Some(channel) = self.channel.take() {
-            self.to
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(channel);
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
+        if self.idle {
+            let mut idle = self.to.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_CHANNELS {
+                idle.push(channel);
+            }
         }
     }
 }
@@ -160,8 +171,10 @@ impl Hop for Endpoint {
                     unreachable!("a lent channel is taken only when dropped")
                 };
                 channel.ready().await.map_err(failed)?;
+                let answer = channel.call(request);
                 // The request is queued: the clone can serve the next call.
-                channel.call(request)
+                lent.idle = true;
+                answer
             };
             let response = answer.await.map_err(failed)?;
             if streaming {

@@ -413,9 +413,16 @@ impl<S: Hop> Hop for Balancer<S> {
                     .unwrap_or_default()),
             }
         };
+        // The guard exists from the choice on: a try dropped even before its first poll
+        // gives its in-flight count back and counts as a gateway error.
+        let guard = chosen.map(|index| InFlight {
+            balancer: self,
+            index,
+            done: false,
+        });
         async move {
-            let index = match chosen {
-                Ok(i) => i,
+            let mut guard = match guard {
+                Ok(guard) => guard,
                 Err(retry_after) => {
                     self.metrics.fail_fast(&self.host, "circuit_open");
                     return Err(error::circuit_open(CircuitOpen {
@@ -424,11 +431,7 @@ impl<S: Hop> Hop for Balancer<S> {
                     }));
                 }
             };
-            let mut guard = InFlight {
-                balancer: self,
-                index,
-                done: false,
-            };
+            let index = guard.index;
             let result = self.endpoints[index].call(request, tried).await;
             let outcome = match &result {
                 Ok(response) => outcome_of(response),

@@ -41,10 +41,10 @@ impl<S: Hop> Hop for WeightedSplit<S> {
         request: Request,
         tried: &'a mut Tried,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
-        let chosen = if self.targets.len() == 1 || self.total == 0 {
-            0
-        } else {
-            self.pick(rand::thread_rng().gen_range(0..self.total))
+        let chosen = match (self.targets.len(), self.total) {
+            (1, _) => 0,
+            (_, 0) => self.pick(0),
+            _ => self.pick(rand::thread_rng().gen_range(0..self.total)),
         };
         self.targets[chosen].1.call(request, tried)
     }
