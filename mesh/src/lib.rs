@@ -105,8 +105,8 @@ where
     }
 }
 
-/// A stack of hops as a tower service (a tonic client's transport): one box per call;
-/// keeps the timer wheel warm as a [`MeshClient`] does.
+/// A stack of hops as a tower service (a tonic client's transport, and what a
+/// [`MeshClient`] calls): one box per call; keeps the timer wheel warm while it lives.
 pub struct HopService<H> {
     hop: Arc<H>,
     warming: Arc<std::sync::atomic::AtomicBool>,
@@ -141,6 +141,7 @@ impl<H: Hop + 'static> Service<Request> for HopService<H> {
 
     fn call(&mut self, request: Request) -> Self::Future {
         keep_timers_warm(&self.warming);
+        // The one box of the call: the stack below runs inside it (see Hop).
         let hop = self.hop.clone();
         Box::pin(async move { hop.call(request, &mut Tried::default()).await })
     }
@@ -266,17 +267,15 @@ impl MeshConfig {
 /// The mesh stack for one host, usable as a tonic client's transport; clones share it.
 #[derive(Clone)]
 pub struct MeshClient {
-    current: Arc<RwLock<Arc<Stack>>>,
+    current: Arc<RwLock<HopService<Stack>>>,
     /// Bumped by every reload, so each clone knows when its own copy is out of date.
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// This clone's copy of the stack and the generation it was taken at: a call uses it
     /// as it is, without taking the lock or cloning the stack.
-    local: Arc<Stack>,
+    local: HopService<Stack>,
     seen: u64,
     /// Outlier state kept across reloads that leave a balancer's endpoints as they were.
     memory: Arc<outlier::Memory>,
-    /// Whether the task keeping the runtime's timer wheel warm runs (see [`keep_timers_warm`]).
-    warming: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often the warming task's timer fires: timeouts at least this long register
@@ -327,7 +326,7 @@ impl MeshClient {
         let policy = config.policy()?;
         tracing::info!(host = %config.host, ?policy, "mesh policy loaded");
         let memory = Arc::new(outlier::Memory::default());
-        let stack = Arc::new(build(
+        let stack = HopService::new(build(
             &policy,
             &config.endpoints,
             config.tls.as_ref(),
@@ -340,7 +339,6 @@ impl MeshClient {
             local: stack,
             seen: 0,
             memory,
-            warming: Arc::default(),
         })
     }
 
@@ -384,7 +382,8 @@ impl MeshClient {
                     )
                 }) {
                     Ok(stack) => {
-                        *current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(stack);
+                        *current.write().unwrap_or_else(|p| p.into_inner()) =
+                            HopService::new(stack);
                         generation.fetch_add(1, std::sync::atomic::Ordering::Release);
                     }
                     Err(error) => {
@@ -406,7 +405,6 @@ impl Service<Request> for MeshClient {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        keep_timers_warm(&self.warming);
         let now = self.generation.load(std::sync::atomic::Ordering::Acquire);
         if now != self.seen {
             self.local = self
@@ -416,9 +414,7 @@ impl Service<Request> for MeshClient {
                 .clone();
             self.seen = now;
         }
-        // The one box of the call: the stack below runs inside it (see Hop).
-        let stack = self.local.clone();
-        Box::pin(async move { stack.call(request, &mut Tried::default()).await })
+        self.local.call(request)
     }
 }
 
