@@ -115,42 +115,24 @@ impl Endpoint {
         })
     }
 
-    fn lend(&self) -> Lent<'_> {
+    /// An idle clone of the channel, or a new one.
+    fn lend(&self) -> Channel {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        Lent {
-            channel: Some(idle.unwrap_or_else(|| self.channel.clone())),
-            to: &self.idle,
-            idle: false,
+        idle.unwrap_or_else(|| self.channel.clone())
+    }
+
+    /// Takes back a clone whose request was handed over (nothing of that call is left in
+    /// it), up to [`MAX_IDLE_CHANNELS`].
+    fn take_back(&self, channel: Channel) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_CHANNELS {
+            idle.push(channel);
         }
     }
 }
 
 /// Idle clones kept per endpoint; more are dropped when given back.
 const MAX_IDLE_CHANNELS: usize = 64;
-
-/// A clone of the channel, back to the idle ones when dropped if it is idle: one whose
-/// call was cut off while it waited for a place in the connection's queue still holds
-/// that wait, which would keep a place nobody uses. Such a clone is dropped instead.
-struct Lent<'a> {
-    channel: Option<Channel>,
-    to: &'a Mutex<Vec<Channel>>,
-    /// Its request was handed over: nothing of the call is left in the clone.
-    idle: bool,
-}
-
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        let Some(channel) = self.channel.take() else {
-            return;
-        };
-        if self.idle {
-            let mut idle = self.to.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_CHANNELS {
-                idle.push(channel);
-            }
-        }
-    }
-}
 
 impl Hop for Endpoint {
     fn call<'a>(
@@ -165,17 +147,13 @@ impl Hop for Endpoint {
                 return Ok(fault);
             }
             let failed = |e| crate::error::upstream_failure(&self.host, Box::new(e));
-            let answer = {
-                let mut lent = self.lend();
-                let Some(channel) = lent.channel.as_mut() else {
-                    unreachable!("a lent channel is taken only when dropped")
-                };
-                channel.ready().await.map_err(failed)?;
-                let answer = channel.call(request);
-                // The request is queued: the clone can serve the next call.
-                lent.idle = true;
-                answer
-            };
+            let mut channel = self.lend();
+            // A call cut off (or failed) while it waits for a place in the connection's
+            // queue drops its clone here: that clone still holds the wait, and taken back
+            // it would keep a place nobody uses.
+            channel.ready().await.map_err(failed)?;
+            let answer = channel.call(request);
+            self.take_back(channel);
             let response = answer.await.map_err(failed)?;
             if streaming {
                 Ok(classify::head(response))
