@@ -5,9 +5,13 @@
 //! by call so the machine's drift hits every stack alike. For each stack it prints the
 //! latency percentiles as ratios to the plain channel, and the runtime's worker wake-ups
 //! (thread unparks) and parks per call: a layer that adds a wake-up shows as +1 there.
+//! Then the same stacks in closed loops, `LAYERS_IN_FLIGHT` (16) calls in flight, in
+//! rotating rounds: throughput and the process's CPU time per call (client and server
+//! together), which tells whether a stack is slower for its work or for its waits.
 #![allow(clippy::unwrap_used)]
 
 use mesh::endpoint::{Endpoint, EndpointAddr};
+use mesh::error::BoxError;
 use mesh::metrics::MeshMetrics;
 use mesh::{HopService, MeshClient, MeshConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,25 +22,44 @@ use tonic_health::pb::HealthCheckRequest;
 use tower::Layer;
 
 mod support;
-use support::{percentile, server, POLICY};
+use support::{cpu_time, median, percentile, server, POLICY};
 
 static UNPARKS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
 
 /// A stack below the route, as a tonic transport (one box per call, as a MeshClient).
-type Layered = HealthClient<
-    tower::util::BoxCloneSyncService<mesh::Request, mesh::Response, mesh::error::BoxError>,
->;
+#[derive(Clone)]
+struct Layered(tower::util::BoxCloneSyncService<mesh::Request, mesh::Response, BoxError>);
+
+// Its own Service impl rather than BoxCloneSyncService's: with that one the compiler
+// cannot prove a call's future `Send` for the spawned closed loops.
+impl tower::Service<mesh::Request> for Layered {
+    type Response = mesh::Response;
+    type Error = BoxError;
+    type Future = mesh::BoxFuture<Result<mesh::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: mesh::Request) -> Self::Future {
+        self.0.call(request)
+    }
+}
 
 fn layered<H: mesh::Hop + 'static>(hop: H) -> Client {
-    Client::Layered(HealthClient::new(tower::util::BoxCloneSyncService::new(
-        HopService::new(hop),
+    Client::Layered(HealthClient::new(Layered(
+        tower::util::BoxCloneSyncService::new(HopService::new(hop)),
     )))
 }
 
+#[derive(Clone)]
 enum Client {
     Plain(HealthClient<Channel>),
-    Layered(Layered),
+    Layered(HealthClient<Layered>),
     Mesh(HealthClient<MeshClient>),
 }
 
@@ -198,7 +221,65 @@ async fn bench() {
             wakes[i].1 as f64 / rounds as f64,
         );
     }
+    closed_loops(&stacks).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each stack in closed loops of `LAYERS_IN_FLIGHT` calls in flight, rotating rounds:
+/// throughput (ratio to the first stack, median of the rounds) and CPU time per call.
+async fn closed_loops(stacks: &[(&str, Client)]) {
+    let in_flight: usize = std::env::var("LAYERS_IN_FLIGHT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16);
+    if in_flight == 0 {
+        return;
+    }
+    let (calls, rounds) = (6_400 / in_flight * in_flight, 5);
+    let n = stacks.len();
+    let mut ratios = vec![Vec::new(); n];
+    let mut cpu = vec![Duration::ZERO; n];
+    let mut wall = vec![Duration::ZERO; n];
+    for round in 0..rounds {
+        let mut times = vec![Duration::ZERO; n];
+        for i in (0..n).map(|k| (round + k) % n) {
+            let (t, c) = (Instant::now(), cpu_time());
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let mut client = stacks[i].1.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..calls / in_flight {
+                            client.call().await;
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            times[i] = t.elapsed();
+            wall[i] += times[i];
+            cpu[i] += cpu_time() - c;
+        }
+        for i in 0..n {
+            ratios[i].push(times[0].as_secs_f64() / times[i].as_secs_f64());
+        }
+    }
+    println!("{in_flight} in flight, closed loops ({rounds} rotating rounds of {calls} calls)");
+    println!(
+        "  {:<30} {:>9} {:>7} {:>12} {:>7}",
+        "stack", "calls/s", "x", "CPU us/call", "cores"
+    );
+    let total = (calls * rounds) as f64;
+    for (i, (name, _)) in stacks.iter().enumerate() {
+        println!(
+            "  {name:<30} {:>9.0} {:>7.3} {:>12.1} {:>7.2}",
+            total / wall[i].as_secs_f64(),
+            median(ratios[i].clone()),
+            cpu[i].as_secs_f64() * 1e6 / total,
+            cpu[i].as_secs_f64() / wall[i].as_secs_f64(),
+        );
+    }
 }
 
 fn main() {

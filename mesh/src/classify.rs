@@ -58,17 +58,14 @@ impl Outcome {
     }
 }
 
-/// The outcome of a buffered response, stored in its extensions by [`buffer`].
+/// What a try's answer came to, as the layers above the endpoint read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Classified(pub Outcome);
-
-/// The outcome recorded on a response (OK when the response was never classified).
-pub fn outcome_of(response: &http::Response<Body>) -> Outcome {
-    response
-        .extensions()
-        .get::<Classified>()
-        .map(|c| c.0)
-        .unwrap_or(Outcome::Ok)
+pub struct Judged {
+    pub outcome: Outcome,
+    /// The grpc-status came in the headers (a trailers-only answer), the only place Envoy
+    /// reads a status for `retryOn`: a status in trailers comes after the headers went
+    /// downstream, too late for Envoy to retry, so the mesh does not either.
+    pub status_in_headers: bool,
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
@@ -92,10 +89,12 @@ pub fn code_for_http(status: http::StatusCode) -> Code {
     }
 }
 
-/// Reads the whole (unary) response body with its trailers, records the outcome in the
-/// response's extensions and gives back an equivalent response.
-pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Body>, BoxError> {
-    let (mut parts, mut body) = response.into_parts();
+/// Reads the whole (unary) response body with its trailers and judges it; gives back an
+/// equivalent response.
+pub async fn buffer(
+    response: http::Response<Body>,
+) -> Result<(http::Response<Body>, Judged), BoxError> {
+    let (parts, mut body) = response.into_parts();
     // Read frame by frame rather than `collect()`: a unary answer is one DATA frame, kept
     // as it came (no copy), and the trailers are taken, not cloned. This path runs on
     // every unary call, so its allocations are the mesh's overhead.
@@ -113,17 +112,21 @@ pub async fn buffer(response: http::Response<Body>) -> Result<http::Response<Bod
         }
     }
     let in_trailers = trailers.as_ref().and_then(grpc_status);
-    if in_trailers.is_none() && grpc_status(&parts.headers).is_some() {
-        parts.extensions.insert(StatusInHeaders);
-    }
-    let code = in_trailers.or_else(|| grpc_status(&parts.headers));
+    let in_headers = in_trailers
+        .is_none()
+        .then(|| grpc_status(&parts.headers))
+        .flatten();
     // 200 without any status: a broken response, which gRPC reports as UNKNOWN.
-    let outcome = judge(code, parts.status, Outcome::Grpc(Code::Unknown));
-    parts.extensions.insert(Classified(outcome));
-    Ok(http::Response::from_parts(
-        parts,
-        replay_body(data.into_bytes(), trailers),
-    ))
+    let judged = Judged {
+        outcome: judge(
+            in_trailers.or(in_headers),
+            parts.status,
+            Outcome::Grpc(Code::Unknown),
+        ),
+        status_in_headers: in_headers.is_some(),
+    };
+    let response = http::Response::from_parts(parts, replay_body(data.into_bytes(), trailers));
+    Ok((response, judged))
 }
 
 /// The DATA of a buffered answer: the one chunk as it came, joined only when there are more.
@@ -156,12 +159,6 @@ impl Buffered {
     }
 }
 
-/// Marks an answer whose grpc-status came in its headers (trailers-only), the only place
-/// Envoy reads a status for `retryOn`: a status in trailers comes after the headers went
-/// downstream, too late for Envoy to retry, so the mesh does not either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusInHeaders;
-
 /// Marks a call whose answer streams (server streaming): the mesh passes its body through
 /// as it comes instead of buffering it, judges the call by its response headers (a
 /// trailers-only error, an HTTP status, or a stream that started), holds its
@@ -181,17 +178,14 @@ fn judge(code: Option<Code>, status: http::StatusCode, no_status: Outcome) -> Ou
     }
 }
 
-/// Classifies a streaming answer by its headers, leaving the body as it is.
-pub fn head(response: http::Response<Body>) -> http::Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    let status = grpc_status(&parts.headers);
-    if status.is_some() {
-        parts.extensions.insert(StatusInHeaders);
+/// Judges a streaming answer by its headers, leaving the body as it is.
+pub fn head(response: &http::Response<Body>) -> Judged {
+    let status = grpc_status(response.headers());
+    Judged {
+        // Headers without a status: the stream has started; how it ends is the caller's.
+        outcome: judge(status, response.status(), Outcome::Ok),
+        status_in_headers: status.is_some(),
     }
-    // Headers without a status: the stream has started; how it ends is the caller's.
-    let outcome = judge(status, parts.status, Outcome::Ok);
-    parts.extensions.insert(Classified(outcome));
-    http::Response::from_parts(parts, body)
 }
 
 /// A body that yields `data` then `trailers`. Nothing at all is an empty body that says
@@ -252,10 +246,6 @@ pub fn status_response(code: Code, message: &str) -> http::Response<Body> {
         headers.insert("grpc-message", v);
     }
     response
-        .extensions_mut()
-        .insert(Classified(Outcome::Grpc(code)));
-    response.extensions_mut().insert(StatusInHeaders);
-    response
 }
 
 #[cfg(test)]
@@ -272,14 +262,15 @@ mod tests {
                     .headers_mut()
                     .insert("grpc-status", http::HeaderValue::from_static(code));
             }
-            head(response).extensions().get::<Classified>().map(|c| c.0)
+            let judged = head(&response);
+            (judged.outcome, judged.status_in_headers)
         };
-        assert_eq!(judged(200, None), Some(Outcome::Ok));
+        assert_eq!(judged(200, None), (Outcome::Ok, false));
         assert_eq!(
             judged(200, Some("14")),
-            Some(Outcome::Grpc(Code::Unavailable))
+            (Outcome::Grpc(Code::Unavailable), true)
         );
-        assert_eq!(judged(503, None), Some(Outcome::Http(503)));
+        assert_eq!(judged(503, None), (Outcome::Http(503), false));
     }
 
     #[test]
@@ -329,27 +320,39 @@ mod tests {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
         let response = http::Response::new(replay_body(Bytes::from_static(b"x"), Some(trailers)));
-        let buffered = buffer(response).await.expect("buffers");
-        assert_eq!(outcome_of(&buffered), Outcome::Grpc(Code::Unavailable));
+        let (buffered, judged) = buffer(response).await.expect("buffers");
+        assert_eq!(
+            judged,
+            Judged {
+                outcome: Outcome::Grpc(Code::Unavailable),
+                status_in_headers: false
+            }
+        );
         let body = buffered.into_body().collect().await.expect("body");
         assert!(body.trailers().is_some(), "trailers replayed");
         assert_eq!(body.to_bytes(), Bytes::from_static(b"x"));
 
         let only = status_response(Code::NotFound, "nope");
-        let (parts, body) = only.into_parts();
-        let mut fresh = http::Response::from_parts(parts, body);
-        fresh.extensions_mut().clear();
         assert_eq!(
-            outcome_of(&buffer(fresh).await.expect("buffers")),
-            Outcome::Grpc(Code::NotFound)
+            buffer(only).await.expect("buffers").1,
+            Judged {
+                outcome: Outcome::Grpc(Code::NotFound),
+                status_in_headers: true
+            }
         );
 
         let mut ok = HeaderMap::new();
         ok.insert("grpc-status", http::HeaderValue::from_static("0"));
         let response = http::Response::new(replay_body(Bytes::new(), Some(ok)));
         assert_eq!(
-            outcome_of(&buffer(response).await.expect("buffers")),
+            buffer(response).await.expect("buffers").1.outcome,
             Outcome::Ok
+        );
+        // No status at all: broken, as gRPC reads it.
+        let response = http::Response::new(replay_body(Bytes::from_static(b"x"), None));
+        assert_eq!(
+            buffer(response).await.expect("buffers").1.outcome,
+            Outcome::Grpc(Code::Unknown)
         );
     }
 }

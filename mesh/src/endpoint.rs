@@ -2,11 +2,9 @@
 //! whose unary responses are buffered and classified (see [`crate::classify`]). Injected
 //! faults ([`crate::fault`]) are applied here, inside the try.
 
-use crate::classify;
+use crate::classify::{self, Judged};
 use crate::error::BoxError;
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
-use std::future::Future;
+use crate::{Call, Hop, Request, Response};
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
@@ -135,32 +133,34 @@ impl Endpoint {
 const MAX_IDLE_CHANNELS: usize = 64;
 
 impl Hop for Endpoint {
-    fn call<'a>(
-        &'a self,
-        request: Request,
-        _: &'a mut Tried,
-    ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
-        let faults = crate::fault::injected(&request);
-        let streaming = request.extensions().get::<classify::Streaming>().is_some();
-        async move {
-            if let Some(fault) = crate::fault::apply(faults).await {
-                return Ok(fault);
-            }
-            let failed = |e| crate::error::upstream_failure(&self.host, Box::new(e));
-            let mut channel = self.lend();
-            // A call cut off (or failed) while it waits for a place in the connection's
-            // queue drops its clone here: that clone still holds the wait, and taken back
-            // it would keep a place nobody uses.
-            channel.ready().await.map_err(failed)?;
-            let answer = channel.call(request);
-            self.take_back(channel);
-            let response = answer.await.map_err(failed)?;
-            if streaming {
-                Ok(classify::head(response))
-            } else {
-                classify::buffer(response).await
-            }
+    async fn call(&self, request: Request, call: &mut Call) -> Result<Response, BoxError> {
+        if let Some(fault) = crate::fault::apply(call.faults).await {
+            call.judged = Some(classify::head(&fault));
+            return Ok(fault);
         }
+        let failed = |e| crate::error::upstream_failure(&self.host, Box::new(e));
+        let mut channel = self.lend();
+        // A call cut off (or failed) while it waits for a place in the connection's
+        // queue drops its clone here: that clone still holds the wait, and taken back
+        // it would keep a place nobody uses.
+        channel.ready().await.map_err(failed)?;
+        let answer = channel.call(request);
+        self.take_back(channel);
+        let response = answer.await.map_err(failed)?;
+        let (response, judged) = judge(response, call.streaming).await?;
+        call.judged = Some(judged);
+        Ok(response)
+    }
+}
+
+/// Judges an upstream's answer: a unary one buffered whole (its status may be in the
+/// trailers), a stream by its headers, passing its body through as it comes.
+pub async fn judge(response: Response, streaming: bool) -> Result<(Response, Judged), BoxError> {
+    if streaming {
+        let judged = classify::head(&response);
+        Ok((response, judged))
+    } else {
+        classify::buffer(response).await
     }
 }
 

@@ -11,8 +11,7 @@
 
 use crate::classify::status_response;
 use crate::error::BoxError;
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use rand::Rng;
 use std::future::Future;
 use std::time::Duration;
@@ -66,8 +65,8 @@ pub struct Fault<S> {
 impl<S: Hop> Hop for Fault<S> {
     fn call<'a>(
         &'a self,
-        mut request: Request,
-        tried: &'a mut Tried,
+        request: Request,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         if !self.config.is_empty() {
             let injected = Injected {
@@ -75,23 +74,18 @@ impl<S: Hop> Hop for Fault<S> {
                 abort: self.config.abort.filter(|(_, p)| roll(*p)).map(|(c, _)| c),
             };
             if injected.delay.is_some() || injected.abort.is_some() {
-                request.extensions_mut().insert(injected);
+                call.faults = Some(injected);
             }
         }
-        self.inner.call(request, tried)
+        self.inner.call(request, call)
     }
 }
 
-/// The faults decided for one call, carried to the endpoint in the request's extensions.
+/// The faults decided for one call, carried to the endpoint in its [`Call`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Injected {
     pub delay: Option<Duration>,
     pub abort: Option<Code>,
-}
-
-/// The faults decided for a request, if any.
-pub fn injected(request: &Request) -> Option<Injected> {
-    request.extensions().get::<Injected>().copied()
 }
 
 /// Applies decided faults: waits the delay, then answers the abort (if any) instead of
@@ -109,18 +103,22 @@ pub async fn apply(injected: Option<Injected>) -> Option<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{outcome_of, Outcome};
-    use crate::testing::{call_hop, ok_response, request};
-    use crate::{BoxFuture, TowerHop};
+    use crate::classify::Outcome;
+    use crate::testing::{call_hop, call_judged, ok_response, request};
+
+    /// Answers OK unless a fault was injected, which it applies as the endpoint does.
+    struct Upstream;
+
+    impl Hop for Upstream {
+        async fn call(&self, _: Request, call: &mut Call) -> Result<Response, BoxError> {
+            let response = apply(call.faults).await.unwrap_or_else(ok_response);
+            call.judged = Some(crate::classify::head(&response));
+            Ok(response)
+        }
+    }
 
     fn ok_service() -> impl Hop {
-        // Applies the injected faults, as the endpoint does.
-        TowerHop(tower::service_fn(
-            |r: Request| -> BoxFuture<Result<Response, BoxError>> {
-                let faults = injected(&r);
-                Box::pin(async move { Ok(apply(faults).await.unwrap_or_else(ok_response)) })
-            },
-        ))
+        Upstream
     }
 
     #[tokio::test]
@@ -133,8 +131,7 @@ mod tests {
         let n = 20_000;
         let mut aborted = 0;
         for _ in 0..n {
-            let response = call_hop(&svc, request()).await.expect("answer");
-            if outcome_of(&response) == Outcome::Grpc(Code::Unavailable) {
+            if call_judged(&svc, request()).await == Some(Outcome::Grpc(Code::Unavailable)) {
                 aborted += 1;
             }
         }
@@ -178,13 +175,10 @@ mod tests {
         })
         .layer(ok_service());
         for _ in 0..1000 {
+            assert_eq!(call_judged(&never, request()).await, Some(Outcome::Ok));
             assert_eq!(
-                outcome_of(&call_hop(&never, request()).await.expect("ok")),
-                Outcome::Ok
-            );
-            assert_eq!(
-                outcome_of(&call_hop(&always, request()).await.expect("ok")),
-                Outcome::Grpc(Code::Internal)
+                call_judged(&always, request()).await,
+                Some(Outcome::Grpc(Code::Internal))
             );
         }
     }

@@ -64,15 +64,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// One layer of a mesh stack, called by reference with a future that borrows it, so a call
 /// runs down the whole stack as one future: no box, no clone of the layer and no readiness
 /// wait per layer (a limit fails the call fast instead of making it wait).
-///
-/// `tried` records the endpoints the tries of one call went to (see [`Tried`]): the retry
-/// layer starts one per call and hands it to each try; layers above it get one they do
-/// not use.
 pub trait Hop: Send + Sync {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a;
 }
 
@@ -80,14 +76,40 @@ impl<H: Hop> Hop for Arc<H> {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
-        (**self).call(request, tried)
+        (**self).call(request, call)
     }
 }
 
-/// A tower service as a hop (tests and benches put mocks and plain channels below a
-/// layer): cloned and called once per call.
+/// What one call carries down the stack beside its request, passed by reference: what
+/// the layers decided for it and what its tries came to. Kept here rather than in the
+/// request's and response's extensions, which cost allocations on every call and would be
+/// copied into every try.
+#[derive(Debug, Default)]
+pub struct Call {
+    /// Its answer streams: the request carried [`classify::Streaming`].
+    pub streaming: bool,
+    /// The faults decided for it (by [`fault`]), applied by the endpoint on every try.
+    pub faults: Option<fault::Injected>,
+    /// The endpoints its tries went to, so retries are steered elsewhere.
+    pub tried: Tried,
+    /// What the last try's answer came to, set by the endpoint (None: no answer yet).
+    pub judged: Option<classify::Judged>,
+}
+
+impl Call {
+    /// A call for `request`, as it enters the stack.
+    pub fn new(request: &Request) -> Self {
+        Self {
+            streaming: request.extensions().get::<classify::Streaming>().is_some(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A tower service as the endpoint of a stack (tests and benches put mocks below a layer):
+/// cloned and called once per try; its answer is buffered and judged as an endpoint's.
 #[derive(Clone)]
 pub struct TowerHop<S>(pub S);
 
@@ -99,9 +121,15 @@ where
     fn call<'a>(
         &'a self,
         request: Request,
-        _: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
-        self.0.clone().oneshot(request)
+        let service = self.0.clone();
+        async move {
+            let response = service.oneshot(request).await?;
+            let (response, judged) = endpoint::judge(response, call.streaming).await?;
+            call.judged = Some(judged);
+            Ok(response)
+        }
     }
 }
 
@@ -143,7 +171,8 @@ impl<H: Hop + 'static> Service<Request> for HopService<H> {
         keep_timers_warm(&self.warming);
         // The one box of the call: the stack below runs inside it (see Hop).
         let hop = self.hop.clone();
-        Box::pin(async move { hop.call(request, &mut Tried::default()).await })
+        let mut call = Call::new(&request);
+        Box::pin(async move { hop.call(request, &mut call).await })
     }
 }
 

@@ -15,18 +15,17 @@
 //! route timeout) counts as a gateway error of its endpoint, as Envoy counts an upstream
 //! timeout; the `consecutiveLocalOriginFailures` split is not offered.
 
-use crate::classify::{outcome_of, Outcome};
+use crate::classify::Outcome;
 use crate::error::{self, BoxError, CircuitOpen};
 use crate::metrics::MeshMetrics;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use rand::Rng;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The endpoints one call's tries went to (the retry layer keeps one per call and hands it
-/// to every try): a retry picks an endpoint not tried yet while one is up, as Envoy's
+/// The endpoints one call's tries went to (kept in its [`Call`]): a retry picks an endpoint not tried yet while one is up, as Envoy's
 /// `previous_hosts` retry predicate, which Istio sets on every route. Without it a retry
 /// after a refused connection may land on the same stopped replica again. Kept inline:
 /// a call rarely makes more than four tries.
@@ -391,17 +390,17 @@ impl<S: Hop> Hop for Balancer<S> {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let now = Instant::now();
         let chosen = {
             let mut state = lock(&self.state);
             self.refresh(&mut state, now);
             state.report(&self.host, &self.metrics);
-            match self.choose(&mut state, tried) {
+            match self.choose(&mut state, &call.tried) {
                 Some(i) => {
                     state.health[i].in_flight += 1;
-                    tried.add(self.id(), i);
+                    call.tried.add(self.id(), i);
                     Ok(i)
                 }
                 None => Err(state
@@ -432,10 +431,12 @@ impl<S: Hop> Hop for Balancer<S> {
                 }
             };
             let index = guard.index;
-            let result = self.endpoints[index].call(request, tried).await;
-            let outcome = match &result {
-                Ok(response) => outcome_of(response),
-                Err(_) => Outcome::LocalOrigin,
+            call.judged = None;
+            let result = self.endpoints[index].call(request, call).await;
+            let outcome = match (&result, call.judged) {
+                (Ok(_), Some(judged)) => judged.outcome,
+                (Ok(_), None) => Outcome::Ok,
+                (Err(_), _) => Outcome::LocalOrigin,
             };
             guard.done = true;
             self.record(index, outcome);
@@ -477,12 +478,12 @@ mod tests {
         )
     }
 
-    /// One try of the call `tried` records; the endpoint that got it answers `answer`.
+    /// One try of `call`; the endpoint that got it answers `answer`.
     /// Returns the endpoint's index (usize::MAX if none got it).
     async fn try_once(
         b: &Mocked,
         handles: &mut Handles,
-        tried: &mut Tried,
+        call: &mut Call,
         answer: Option<Code>,
     ) -> Result<usize, BoxError> {
         let answering = async {
@@ -502,7 +503,7 @@ mod tests {
             }
             usize::MAX
         };
-        let (result, answered) = tokio::join!(b.call(request(), tried), answering);
+        let (result, answered) = tokio::join!(b.call(request(), call), answering);
         result.map(|_| answered)
     }
 
@@ -512,7 +513,7 @@ mod tests {
         handles: &mut Handles,
         answer: Option<Code>,
     ) -> Result<usize, BoxError> {
-        try_once(b, handles, &mut Tried::default(), answer).await
+        try_once(b, handles, &mut Call::default(), answer).await
     }
 
     fn config(consecutive_5xx: u32, max_pct: u32) -> Config {
@@ -531,7 +532,7 @@ mod tests {
         for _ in 0..4 {
             // A call's first try, another call in between (round robin moves on), then
             // the first call's retry: it must not land where its first try did.
-            let mut tried = Tried::default();
+            let mut tried = Call::default();
             let down = Some(Code::Unavailable);
             let first = try_once(&b, &mut handles, &mut tried, down)
                 .await

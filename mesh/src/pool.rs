@@ -9,8 +9,7 @@
 
 use crate::error::{self, BoxError, Overflow};
 use crate::metrics::MeshMetrics;
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -88,13 +87,10 @@ impl<S: Hop> Hop for Pool<S> {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let state = &self.state;
-        let streaming = request
-            .extensions()
-            .get::<crate::classify::Streaming>()
-            .is_some();
+        let streaming = call.streaming;
         async move {
             let permit = match state.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -118,7 +114,7 @@ impl<S: Hop> Hop for Pool<S> {
                         .map_err(|e| -> BoxError { Box::new(e) })?
                 }
             };
-            let result = self.inner.call(request, tried).await;
+            let result = self.inner.call(request, call).await;
             match result {
                 // A stream is in flight until its body ends: the slot goes with the body.
                 Ok(response) if streaming => Ok(response.map(|body| hold(body, permit))),

@@ -8,12 +8,11 @@
 //! Fail-fast answers (circuit open, pool overflow) are never retried: Envoy's local
 //! replies are not, and they must stay fast.
 
-use crate::classify::{outcome_of, Outcome};
+use crate::classify::{Judged, Outcome};
 use crate::error::{self, is_fail_fast, BoxError, PerTryTimeout, Timeout as RouteTimeout};
 use crate::metrics::MeshMetrics;
-use crate::outlier::Tried;
 use crate::replay::Replay;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use rand::Rng;
 use std::future::Future;
 use std::sync::Arc;
@@ -75,20 +74,18 @@ impl RetryOn {
         Ok(on)
     }
 
-    /// Whether a try's result is worth another try. As Envoy: `5xx` and `gateway-error`
-    /// look at the HTTP status (200 for every gRPC answer) and at tries that got no
-    /// answer; the gRPC names look at grpc-status only.
-    pub fn matches(&self, result: &Result<Response, BoxError>) -> bool {
+    /// Whether a try's result (its answer judged as `judged`) is worth another try. As
+    /// Envoy: `5xx` and `gateway-error` look at the HTTP status (200 for every gRPC
+    /// answer) and at tries that got no answer; the gRPC names look at grpc-status only.
+    pub fn matches(&self, result: &Result<Response, BoxError>, judged: Option<Judged>) -> bool {
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // As Envoy: only a status in the headers (trailers-only) is seen in time.
-                let in_headers = response
-                    .extensions()
-                    .get::<crate::classify::StatusInHeaders>()
-                    .is_some();
-                let code_hit = in_headers
-                    && matches!(outcome_of(response), Outcome::Grpc(code) if self.codes.contains(&code));
+                let code_hit = judged.is_some_and(|j| {
+                    j.status_in_headers
+                        && matches!(j.outcome, Outcome::Grpc(code) if self.codes.contains(&code))
+                });
                 code_hit
                     || (self.five_xx && status >= 500)
                     || (self.gateway_error && (502..=504).contains(&status))
@@ -203,30 +200,30 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
+/// A try's request: the call's head with `body`. Not its extensions: what the layers
+/// below read is in the [`Call`], and hyper reads none of a gRPC request's, so copying
+/// them (allocations on every try) would carry nothing.
 fn rebuild(parts: &http::request::Parts, body: tonic::body::Body) -> Request {
     let mut request = http::Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
-    *request.extensions_mut() = parts.extensions.clone();
     request
 }
 
 impl<S: Hop> Hop for Retry<S> {
-    /// The tries of this call get their own record of the endpoints tried.
+    /// Every try of the call shares its [`Call`]: the balancer steers retries away from the
+    /// endpoints already tried.
     fn call<'a>(
         &'a self,
         request: Request,
-        _: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let layer = &*self.layer.0;
         let inner = &self.inner;
         async move {
             let (parts, body) = request.into_parts();
-            // Shared by every try: the balancer steers retries away from the endpoints
-            // already tried.
-            let mut tried = Tried::default();
             let replay = Replay::new(body);
             // The route's deadline: each try is bounded by the sooner of it and the per-try
             // timeout, with one timer.
@@ -237,7 +234,8 @@ impl<S: Hop> Hop for Retry<S> {
             let route_timeout = |d: RouteDeadline| error::timeout(RouteTimeout(d.limit));
             let mut retry = 0u32;
             loop {
-                let attempt = inner.call(rebuild(&parts, replay.body()), &mut tried);
+                call.judged = None;
+                let attempt = inner.call(rebuild(&parts, replay.body()), call);
                 let per_try = layer
                     .config
                     .per_try_timeout
@@ -254,7 +252,9 @@ impl<S: Hop> Hop for Retry<S> {
                         .unwrap_or_else(|_| Err(error::per_try_timeout(PerTryTimeout(limit)))),
                     (None, None) => attempt.await,
                 };
-                if retry >= layer.config.attempts || !layer.config.retry_on.matches(&result) {
+                if retry >= layer.config.attempts
+                    || !layer.config.retry_on.matches(&result, call.judged)
+                {
                     return result;
                 }
                 retry += 1;
@@ -285,7 +285,7 @@ impl<S: Hop> Hop for Retry<S> {
 mod tests {
     use super::*;
     use crate::classify::status_response;
-    use crate::testing::{call_hop, ok_response, request};
+    use crate::testing::{call_hop, call_judged, ok_response, request};
     use crate::TowerHop;
     use tokio_test::{assert_pending, assert_ready};
     use tower_test::mock;
@@ -353,7 +353,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_exactly_attempts_times_then_gives_the_last_answer() {
         let (svc, mut handle, metrics) = layer(3, None, "unavailable");
-        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
+        let mut call = tokio_test::task::spawn(call_judged(&svc, request()));
         for _ in 0..4 {
             assert_pending!(call.poll());
             // Let the back-off sleep run out.
@@ -362,8 +362,10 @@ mod tests {
             let (_, send) = handle.next_request().await.expect("a try");
             send.send_response(status_response(Code::Unavailable, "down"));
         }
-        let response = assert_ready!(call.poll()).expect("an answer");
-        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Unavailable));
+        assert_eq!(
+            assert_ready!(call.poll()),
+            Some(Outcome::Grpc(Code::Unavailable))
+        );
         assert_eq!(metrics.snapshot("h").0, 3, "three retries, four tries");
         // No fifth try was sent.
         assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
@@ -372,23 +374,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_status_in_trailers_comes_too_late_to_retry() {
         let (svc, mut handle, metrics) = layer(3, None, "unavailable");
-        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
+        let mut call = tokio_test::task::spawn(call_judged(&svc, request()));
         assert_pending!(call.poll());
         let (_, send) = handle.next_request().await.expect("a try");
         // UNAVAILABLE after the headers: Envoy has sent them on and cannot retry.
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
-        let mut late = http::Response::new(crate::classify::replay_body(
+        send.send_response(http::Response::new(crate::classify::replay_body(
             bytes::Bytes::new(),
             Some(trailers),
-        ));
-        late.extensions_mut()
-            .insert(crate::classify::Classified(Outcome::Grpc(
-                Code::Unavailable,
-            )));
-        send.send_response(late);
-        let response = assert_ready!(call.poll()).expect("an answer");
-        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Unavailable));
+        )));
+        assert_eq!(
+            assert_ready!(call.poll()),
+            Some(Outcome::Grpc(Code::Unavailable))
+        );
         assert_eq!(metrics.snapshot("h").0, 0, "no retry");
     }
 
@@ -408,12 +407,14 @@ mod tests {
         assert_eq!(metrics.snapshot("h").0, 1);
 
         // NOT_FOUND is not in retryOn: one try only.
-        let mut call = tokio_test::task::spawn(call_hop(&svc, request()));
+        let mut call = tokio_test::task::spawn(call_judged(&svc, request()));
         assert_pending!(call.poll());
         let (_, send) = handle.next_request().await.expect("a try");
         send.send_response(status_response(Code::NotFound, "no"));
-        let response = assert_ready!(call.poll()).expect("an answer");
-        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::NotFound));
+        assert_eq!(
+            assert_ready!(call.poll()),
+            Some(Outcome::Grpc(Code::NotFound))
+        );
     }
 
     #[tokio::test(start_paused = true)]

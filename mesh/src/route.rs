@@ -3,8 +3,7 @@
 //! in a block ANDed, as in Istio; `uri` and `headers` with `exact` or `prefix`.
 
 use crate::error::{self, BoxError, NoRoute};
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +62,7 @@ impl<R: Hop> Hop for Router<R> {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let chosen = self
             .routes
@@ -72,7 +71,7 @@ impl<R: Hop> Hop for Router<R> {
             .map(|(_, route)| route);
         async move {
             match chosen {
-                Some(route) => route.call(request, tried).await,
+                Some(route) => route.call(request, call).await,
                 None => Err(error::no_route(NoRoute {
                     host: self.host.clone(),
                     path: request.uri().path().to_owned(),
@@ -85,8 +84,8 @@ impl<R: Hop> Hop for Router<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::{outcome_of, status_response, Outcome};
-    use crate::testing::{call_hop, request};
+    use crate::classify::{status_response, Outcome};
+    use crate::testing::{call_hop, call_judged, request};
     use crate::TowerHop;
     use tonic::Code;
 
@@ -120,14 +119,18 @@ mod tests {
                 (vec![cancel], answering(Code::NotFound)),
             ],
         );
-        let response = call_hop(&router, request()).await.expect("routed");
-        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::NotFound));
+        assert_eq!(
+            call_judged(&router, request()).await,
+            Some(Outcome::Grpc(Code::NotFound))
+        );
         let mut with_header = request();
         with_header
             .headers_mut()
             .insert("x-test", http::HeaderValue::from_static("yes"));
-        let response = call_hop(&router, with_header).await.expect("routed");
-        assert_eq!(outcome_of(&response), Outcome::Grpc(Code::Internal));
+        assert_eq!(
+            call_judged(&router, with_header).await,
+            Some(Outcome::Grpc(Code::Internal))
+        );
 
         let none = Router::new(
             "delivery",

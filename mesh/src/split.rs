@@ -5,8 +5,7 @@
 //! retry may go to another weighted destination (Envoy keeps the cluster of the first try).
 
 use crate::error::BoxError;
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use rand::Rng;
 use std::future::Future;
 
@@ -39,14 +38,14 @@ impl<S: Hop> Hop for WeightedSplit<S> {
     fn call<'a>(
         &'a self,
         request: Request,
-        tried: &'a mut Tried,
+        call: &'a mut Call,
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let chosen = match (self.targets.len(), self.total) {
             (1, _) => 0,
             (_, 0) => self.pick(0),
             _ => self.pick(rand::thread_rng().gen_range(0..self.total)),
         };
-        self.targets[chosen].1.call(request, tried)
+        self.targets[chosen].1.call(request, call)
     }
 }
 

@@ -1,13 +1,21 @@
 //! Helpers for the unit tests of the layers.
 
+use crate::classify::Outcome;
 use crate::error::BoxError;
-use crate::outlier::Tried;
-use crate::{Hop, Request, Response};
+use crate::{Call, Hop, Request, Response};
 use http::HeaderMap;
 
-/// One call through `hop`, as a call's first try.
+/// One call through `hop`, as it enters the stack.
 pub async fn call_hop<H: Hop>(hop: &H, request: Request) -> Result<Response, BoxError> {
-    hop.call(request, &mut Tried::default()).await
+    let mut call = Call::new(&request);
+    hop.call(request, &mut call).await
+}
+
+/// One call through `hop`: what its last try's answer came to (None: no answer).
+pub async fn call_judged<H: Hop>(hop: &H, request: Request) -> Option<Outcome> {
+    let mut call = Call::new(&request);
+    let answered = hop.call(request, &mut call).await.is_ok();
+    call.judged.filter(|_| answered).map(|j| j.outcome)
 }
 
 /// A unary gRPC request with a small body.
@@ -20,16 +28,12 @@ pub fn request() -> Request {
     request
 }
 
-/// An OK gRPC response, already classified.
+/// An OK gRPC response.
 pub fn ok_response() -> Response {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let mut response = http::Response::new(crate::classify::replay_body(
+    http::Response::new(crate::classify::replay_body(
         bytes::Bytes::new(),
         Some(trailers),
-    ));
-    response
-        .extensions_mut()
-        .insert(crate::classify::Classified(crate::classify::Outcome::Ok));
-    response
+    ))
 }
