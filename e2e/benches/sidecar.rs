@@ -11,8 +11,12 @@
 //!   next client, so drift and stalls hit both alike and none always follows the same one):
 //!   the mesh beside plain, Envoy beside plain, then all three together; p50 and p99 and
 //!   their ratios to plain.
-//! - 16 and 64 calls in flight, closed loop, in rotating rounds: throughput and its ratio
-//!   to plain (median of the per-round ratios).
+//! - 16 and 64 calls in flight, closed loop, in many short rotating rounds: throughput and
+//!   its ratio to plain (median of the per-round ratios), with the process's CPU time per
+//!   call and the cores it kept busy (client, server and the mesh; Envoy's own process is
+//!   not counted).
+//! - Open loop: calls started at a smooth offered rate, in steps up past each way's knee;
+//!   the rate achieved and the latency from when each call was due (a backlog shows in it).
 //!
 //! Goals (issue 11): mesh p50 and p99 <= 1.05x plain at one in flight, throughput >= 0.95x at
 //! 16 and 64 in flight.
@@ -30,7 +34,7 @@ use tonic_health::pb::HealthCheckRequest;
 // The policy, server and statistics of the mesh crate's benches.
 #[path = "../../mesh/benches/support/mod.rs"]
 mod support;
-use support::{median, percentile, server, POLICY};
+use support::{closed_loops, percentile, server, Caller, POLICY};
 
 #[derive(Clone)]
 enum Client {
@@ -39,34 +43,99 @@ enum Client {
 }
 
 impl Client {
-    async fn call(&mut self) {
+    /// One call; whether it succeeded.
+    async fn attempt(&mut self) -> bool {
         let request = HealthCheckRequest {
             service: String::new(),
         };
         match self {
-            Client::Plain(c) => drop(c.check(request).await.unwrap()),
-            Client::Mesh(c) => drop(c.check(request).await.unwrap()),
+            Client::Plain(c) => c.check(request).await.is_ok(),
+            Client::Mesh(c) => c.check(request).await.is_ok(),
         }
     }
 }
 
-/// Time for `calls` calls, `in_flight` at a time.
-async fn closed_loop(client: &Client, calls: usize, in_flight: usize) -> Duration {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                for _ in 0..calls / in_flight {
-                    client.call().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
+impl Caller for Client {
+    async fn call(&mut self) {
+        assert!(self.attempt().await, "a call failed");
     }
-    start.elapsed()
+}
+
+/// What one step of open-loop load measured.
+struct Step {
+    achieved: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: usize,
+    /// Calls not started because `MAX_OUTSTANDING` were in flight.
+    shed: usize,
+}
+
+/// Calls in flight at most under open-loop load (the bench policy's pool admits 1,000
+/// in flight); calls due beyond it are shed and counted, not queued without bound.
+const MAX_OUTSTANDING: usize = 1_000;
+
+/// Calls started at `rate` per second for `length`, evenly spaced, each on its own task.
+/// The pacer is a thread of its own that sleeps until each call is due (tokio's timers
+/// tick by the millisecond: a call would wait up to two for its tick). Latency counts from
+/// when a call was due, not from when it got started, so a backlog shows in it. The rate
+/// achieved is the calls answered over the time until the last answer.
+async fn open_loop(client: &Client, rate: f64, length: Duration) -> Step {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = tokio::runtime::Handle::current();
+    let client = client.clone();
+    let total = (rate * length.as_secs_f64()) as usize;
+    let start = Instant::now();
+    let (tasks, shed) = tokio::task::spawn_blocking(move || {
+        let outstanding = std::sync::Arc::new(AtomicUsize::new(0));
+        let (mut tasks, mut shed) = (Vec::with_capacity(total), 0);
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+                shed += 1;
+                continue;
+            }
+            outstanding.fetch_add(1, Ordering::Relaxed);
+            let (mut client, outstanding) = (client.clone(), outstanding.clone());
+            tasks.push(runtime.spawn(async move {
+                let ok = client.attempt().await;
+                outstanding.fetch_sub(1, Ordering::Relaxed);
+                (ok, due.elapsed())
+            }));
+        }
+        (tasks, shed)
+    })
+    .await
+    .unwrap();
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for task in tasks {
+        let (ok, latency) = task.await.unwrap();
+        if ok {
+            latencies.push(latency);
+        } else {
+            failed += 1;
+        }
+    }
+    let took = start.elapsed();
+    latencies.sort();
+    let at = |p| {
+        if latencies.is_empty() {
+            Duration::ZERO
+        } else {
+            percentile(&latencies, p)
+        }
+    };
+    Step {
+        achieved: latencies.len() as f64 / took.as_secs_f64(),
+        p50: at(0.5),
+        p99: at(0.99),
+        failed,
+        shed,
+    }
 }
 
 /// `calls` calls through each client of `chosen`, one at a time and interleaved call by
@@ -139,7 +208,7 @@ async fn main() {
         ),
     ];
     for (_, client) in &clients {
-        closed_loop(client, 4_000, 4).await;
+        support::closed_loop(client, 4_000, 4).await;
     }
 
     // Each way beside plain alone (what it adds to a call), then all three interleaved:
@@ -153,35 +222,42 @@ async fn main() {
         println!("one call at a time, {title} ({calls} calls each; ratio to plain tonic)");
         one_at_a_time(&mut clients, chosen, calls).await;
     }
-    let n = clients.len();
-
+    let all: Vec<Client> = clients.iter().map(|(_, c)| c.clone()).collect();
     for in_flight in [16, 64] {
-        let calls = 6_400;
-        let rounds = 9;
-        let mut totals = vec![Duration::ZERO; clients.len()];
-        let mut ratios = vec![Vec::new(); clients.len()];
-        for round in 0..rounds {
-            // Each round starts with the next client, as above.
-            let mut times = vec![Duration::ZERO; n];
-            for i in (0..n).map(|k| (round + k) % n) {
-                times[i] = closed_loop(&clients[i].1, calls, in_flight).await;
-            }
-            for (i, time) in times.iter().enumerate() {
-                totals[i] += *time;
-                ratios[i].push(times[0].as_secs_f64() / time.as_secs_f64());
-            }
-        }
+        let (calls, rounds) = (100 * in_flight, 21);
         println!("{in_flight} in flight (closed loop, {rounds} rotating rounds of {calls} calls; throughput ratio to plain, median of rounds)");
-        for (i, (name, _)) in clients.iter().enumerate() {
+        let measured = closed_loops(&all, in_flight, calls, rounds).await;
+        for ((name, _), m) in clients.iter().zip(&measured) {
             println!(
-                "  {name:<14} {:>8.0} calls/s ({:.3}x){}",
-                (calls * rounds) as f64 / totals[i].as_secs_f64(),
-                median(ratios[i].clone()),
+                "  {name:<14} {:>8.0} calls/s ({:.3}x)  CPU {:>5.1} us/call, {:.2} cores{}",
+                m.calls_per_s,
+                m.ratio,
+                m.cpu_per_call.as_secs_f64() * 1e6,
+                m.cores,
                 if *name == "mesh" {
                     "  goal >= 0.95x"
                 } else {
                     ""
                 }
+            );
+        }
+    }
+
+    let length = Duration::from_secs(2);
+    println!("open loop, calls started at an even offered rate for {length:?} per step (latency from when each call was due)");
+    for rate in [2_000.0, 5_000.0, 10_000.0, 15_000.0, 20_000.0, 30_000.0] {
+        for (name, client) in &clients {
+            let step = open_loop(client, rate, length).await;
+            let mut trouble = String::new();
+            if step.failed > 0 {
+                trouble += &format!("  failed {}", step.failed);
+            }
+            if step.shed > 0 {
+                trouble += &format!("  shed {} (over {MAX_OUTSTANDING} in flight)", step.shed);
+            }
+            println!(
+                "  {rate:>6.0}/s {name:<14} achieved {:>7.0}/s  p50 {:>9.1?}  p99 {:>9.1?}{trouble}",
+                step.achieved, step.p50, step.p99,
             );
         }
     }

@@ -22,7 +22,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tower::Layer;
 
 mod support;
-use support::{cpu_time, median, percentile, server, POLICY};
+use support::{closed_loops, percentile, server, Caller, POLICY};
 
 static UNPARKS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
@@ -63,7 +63,7 @@ enum Client {
     Mesh(HealthClient<MeshClient>),
 }
 
-impl Client {
+impl Caller for Client {
     async fn call(&mut self) {
         let request = HealthCheckRequest {
             service: String::new(),
@@ -221,13 +221,12 @@ async fn bench() {
             wakes[i].1 as f64 / rounds as f64,
         );
     }
-    closed_loops(&stacks).await;
+    in_flight(&stacks).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Each stack in closed loops of `LAYERS_IN_FLIGHT` calls in flight, rotating rounds:
-/// throughput (ratio to the first stack, median of the rounds) and CPU time per call.
-async fn closed_loops(stacks: &[(&str, Client)]) {
+/// Each stack in closed loops of `LAYERS_IN_FLIGHT` calls in flight, rotating rounds.
+async fn in_flight(stacks: &[(&str, Client)]) {
     let in_flight: usize = std::env::var("LAYERS_IN_FLIGHT")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -235,49 +234,21 @@ async fn closed_loops(stacks: &[(&str, Client)]) {
     if in_flight == 0 {
         return;
     }
-    let (calls, rounds) = (6_400 / in_flight * in_flight, 5);
-    let n = stacks.len();
-    let mut ratios = vec![Vec::new(); n];
-    let mut cpu = vec![Duration::ZERO; n];
-    let mut wall = vec![Duration::ZERO; n];
-    for round in 0..rounds {
-        let mut times = vec![Duration::ZERO; n];
-        for i in (0..n).map(|k| (round + k) % n) {
-            let (t, c) = (Instant::now(), cpu_time());
-            let tasks: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let mut client = stacks[i].1.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..calls / in_flight {
-                            client.call().await;
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-            times[i] = t.elapsed();
-            wall[i] += times[i];
-            cpu[i] += cpu_time() - c;
-        }
-        for i in 0..n {
-            ratios[i].push(times[0].as_secs_f64() / times[i].as_secs_f64());
-        }
-    }
-    println!("{in_flight} in flight, closed loops ({rounds} rotating rounds of {calls} calls)");
+    let (calls, rounds) = (100 * in_flight, 15);
+    let clients: Vec<Client> = stacks.iter().map(|(_, c)| c.clone()).collect();
+    let measured = closed_loops(&clients, in_flight, calls, rounds).await;
+    println!("{in_flight} in flight, closed loops ({rounds} rotating rounds of {calls} calls; ratio: median of rounds)");
     println!(
         "  {:<30} {:>9} {:>7} {:>12} {:>7}",
         "stack", "calls/s", "x", "CPU us/call", "cores"
     );
-    let total = (calls * rounds) as f64;
-    for (i, (name, _)) in stacks.iter().enumerate() {
+    for ((name, _), m) in stacks.iter().zip(&measured) {
         println!(
             "  {name:<30} {:>9.0} {:>7.3} {:>12.1} {:>7.2}",
-            total / wall[i].as_secs_f64(),
-            median(ratios[i].clone()),
-            cpu[i].as_secs_f64() * 1e6 / total,
-            cpu[i].as_secs_f64() / wall[i].as_secs_f64(),
+            m.calls_per_s,
+            m.ratio,
+            m.cpu_per_call.as_secs_f64() * 1e6,
+            m.cores,
         );
     }
 }
