@@ -60,10 +60,18 @@ use tower::{Layer, Service, ServiceExt};
 pub type Request = http::Request<tonic::body::Body>;
 pub type Response = http::Response<tonic::body::Body>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed future borrowing its layer (a layer's rare path, kept out of the call's future).
+pub type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One layer of a mesh stack, called by reference with a future that borrows it, so a call
 /// runs down the whole stack as one future: no box, no clone of the layer and no readiness
 /// wait per layer (a limit fails the call fast instead of making it wait).
+///
+/// That future is boxed once per call and moved as it is built, so its size is the
+/// mesh's memory traffic: a layer hands the request on before its future starts rather
+/// than from inside an async block, which would keep room for the request (240 bytes)
+/// for the whole call, and wraps the inner future with a combinator rather than awaiting
+/// it in an async block that holds it twice.
 pub trait Hop: Send + Sync {
     fn call<'a>(
         &'a self,

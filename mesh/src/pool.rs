@@ -10,6 +10,8 @@
 use crate::error::{self, BoxError, Overflow};
 use crate::metrics::MeshMetrics;
 use crate::{Call, Hop, Request, Response};
+use futures::future::Either;
+use futures::FutureExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -91,35 +93,42 @@ impl<S: Hop> Hop for Pool<S> {
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let state = &self.state;
         let streaming = call.streaming;
-        async move {
-            let permit = match state.slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    let waiting = state.pending.fetch_add(1, Ordering::AcqRel);
-                    // Released however the wait ends, a timeout dropping it included.
-                    let _queued = Queued(&state.pending);
-                    if waiting >= state.config.max_pending {
-                        state.metrics.overflow(&state.host);
-                        return Err(error::overflow(Overflow {
-                            host: state.host.clone(),
-                            in_flight: state.config.max_requests,
-                            pending: waiting,
-                        }));
-                    }
-                    state
-                        .slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|e| -> BoxError { Box::new(e) })?
+        // The slot is held for the try; a stream's goes on with its body.
+        let settle = move |result: Result<Response, BoxError>, permit| match result {
+            Ok(response) if streaming => Ok(response.map(|body| hold(body, permit))),
+            other => other,
+        };
+        match state.slots.clone().try_acquire_owned() {
+            // The usual case: the inner future wrapped as it is (see Hop).
+            Ok(permit) => Either::Left(
+                self.inner
+                    .call(request, call)
+                    .map(move |result| settle(result, permit)),
+            ),
+            // A full pool, boxed apart: it holds the request across its wait.
+            Err(_) => Either::Right(Box::pin(async move {
+                let waiting = state.pending.fetch_add(1, Ordering::AcqRel);
+                // Released however the wait ends, a timeout dropping it included.
+                let queued = Queued(&state.pending);
+                if waiting >= state.config.max_pending {
+                    state.metrics.overflow(&state.host);
+                    return Err(error::overflow(Overflow {
+                        host: state.host.clone(),
+                        in_flight: state.config.max_requests,
+                        pending: waiting,
+                    }));
                 }
-            };
-            let result = self.inner.call(request, call).await;
-            match result {
-                // A stream is in flight until its body ends: the slot goes with the body.
-                Ok(response) if streaming => Ok(response.map(|body| hold(body, permit))),
-                other => other,
-            }
+                let permit = state
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| -> BoxError { Box::new(e) })?;
+                drop(queued);
+                let result = self.inner.call(request, call).await;
+                settle(result, permit)
+            })
+                as crate::BoxFutureRef<'a, Result<Response, BoxError>>),
         }
     }
 }

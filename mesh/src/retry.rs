@@ -222,9 +222,11 @@ impl<S: Hop> Hop for Retry<S> {
     ) -> impl Future<Output = Result<Response, BoxError>> + Send + 'a {
         let layer = &*self.layer.0;
         let inner = &self.inner;
+        // Taken apart before the async block: the block then keeps the head once, not the
+        // request as well (see Hop).
+        let (parts, body) = request.into_parts();
+        let replay = Replay::new(body);
         async move {
-            let (parts, body) = request.into_parts();
-            let replay = Replay::new(body);
             // The route's deadline: each try is bounded by the sooner of it and the per-try
             // timeout, with one timer.
             let deadline = layer.route_timeout.map(|limit| RouteDeadline {

@@ -4,6 +4,7 @@
 
 use crate::error::{self, BoxError, NoRoute};
 use crate::{Call, Hop, Request, Response};
+use futures::future::Either;
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,14 +70,14 @@ impl<R: Hop> Hop for Router<R> {
             .iter()
             .find(|(blocks, _)| blocks.is_empty() || blocks.iter().any(|b| b.accepts(&request)))
             .map(|(_, route)| route);
-        async move {
-            match chosen {
-                Some(route) => route.call(request, call).await,
-                None => Err(error::no_route(NoRoute {
-                    host: self.host.clone(),
-                    path: request.uri().path().to_owned(),
-                })),
-            }
+        // The route's future as it is, not inside one of ours: an async block would keep
+        // room for the request it hands on (see Hop).
+        match chosen {
+            Some(route) => Either::Left(route.call(request, call)),
+            None => Either::Right(std::future::ready(Err(error::no_route(NoRoute {
+                host: self.host.clone(),
+                path: request.uri().path().to_owned(),
+            })))),
         }
     }
 }
