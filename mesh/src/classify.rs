@@ -115,10 +115,11 @@ pub async fn buffer(
         }
     }
     let in_trailers = trailers.as_ref().and_then(grpc_status);
-    let in_headers = in_trailers
-        .is_none()
-        .then(|| grpc_status(&parts.headers))
-        .flatten();
+    let in_headers = if in_trailers.is_none() {
+        grpc_status(&parts.headers)
+    } else {
+        None
+    };
     // 200 without any status: a broken response, which gRPC reports as UNKNOWN.
     let judged = Judged {
         outcome: judge(

@@ -68,10 +68,11 @@ pub type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// wait per layer (a limit fails the call fast instead of making it wait).
 ///
 /// That future is boxed once per call and moved as it is built, so its size is the
-/// mesh's memory traffic: a layer hands the request on before its future starts rather
-/// than from inside an async block, which would keep room for the request (240 bytes)
-/// for the whole call, and wraps the inner future with a combinator rather than awaiting
-/// it in an async block that holds it twice.
+/// mesh's memory traffic. Where it can, a layer hands the request on before its future
+/// starts (the route, pool and retry layers do) rather than from inside an async block,
+/// which would keep room for the request (240 bytes) for the whole call, and wraps the
+/// inner future with a combinator rather than awaiting it in an async block that holds
+/// it twice. The balancer and the endpoint still hold the request across an await.
 pub trait Hop: Send + Sync {
     fn call<'a>(
         &'a self,

@@ -25,10 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The endpoints one call's tries went to (kept in its [`Call`]): a retry picks an endpoint not tried yet while one is up, as Envoy's
-/// `previous_hosts` retry predicate, which Istio sets on every route. Without it a retry
-/// after a refused connection may land on the same stopped replica again. Kept inline:
-/// a call rarely makes more than four tries.
+/// The endpoints one call's tries went to (kept in its [`Call`]): a retry picks an
+/// endpoint not tried yet while one is up, as Envoy's `previous_hosts` retry predicate,
+/// which Istio sets on every route. Without it a retry after a refused connection may
+/// land on the same stopped replica again. Kept inline: a call rarely makes more than
+/// four tries.
 #[derive(Debug, Default)]
 pub struct Tried(smallvec::SmallVec<[TriedEndpoint; 4]>);
 
@@ -433,6 +434,10 @@ impl<S: Hop> Hop for Balancer<S> {
             let index = guard.index;
             call.judged = None;
             let result = self.endpoints[index].call(request, call).await;
+            debug_assert!(
+                result.is_err() || call.judged.is_some(),
+                "an endpoint answered without judging the answer"
+            );
             let outcome = match (&result, call.judged) {
                 (Ok(_), Some(judged)) => judged.outcome,
                 (Ok(_), None) => Outcome::Ok,

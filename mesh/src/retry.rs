@@ -200,16 +200,44 @@ pub struct Retry<S> {
     layer: RetryLayer,
 }
 
-/// A try's request: the call's head with `body`. Not its extensions: what the layers
-/// below read is in the [`Call`], and hyper reads none of a gRPC request's, so copying
-/// them (allocations on every try) would carry nothing.
-fn rebuild(parts: &http::request::Parts, body: tonic::body::Body) -> Request {
-    let mut request = http::Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = parts.uri.clone();
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    request
+/// What a retry sends again of the call's head. The first try takes the head itself, so
+/// the call keeps only this copy, with the headers as a list (one allocation; a header
+/// map's copy takes three, on every call that may be retried). Not the extensions: what
+/// the layers below read is in the [`Call`], and hyper reads none of a gRPC request's.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        }
+    }
+
+    /// A retry's request, with `body`.
+    fn request(&self, body: tonic::body::Body) -> Request {
+        let mut request = http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        request
+    }
 }
 
 impl<S: Hop> Hop for Retry<S> {
@@ -226,6 +254,8 @@ impl<S: Hop> Hop for Retry<S> {
         // request as well (see Hop).
         let (parts, body) = request.into_parts();
         let replay = Replay::new(body);
+        let head = (layer.config.attempts > 0).then(|| Head::of(&parts));
+        let mut first = Some(parts);
         async move {
             // The route's deadline: each try is bounded by the sooner of it and the per-try
             // timeout, with one timer.
@@ -237,7 +267,13 @@ impl<S: Hop> Hop for Retry<S> {
             let mut retry = 0u32;
             loop {
                 call.judged = None;
-                let attempt = inner.call(rebuild(&parts, replay.body()), call);
+                let request = match (first.take(), &head) {
+                    (Some(parts), _) => Request::from_parts(parts, replay.body()),
+                    (None, Some(head)) => head.request(replay.body()),
+                    // Without retries there is no second try.
+                    (None, None) => return Err("retried without a copy of the request".into()),
+                };
+                let attempt = inner.call(request, call);
                 let per_try = layer
                     .config
                     .per_try_timeout
@@ -371,6 +407,46 @@ mod tests {
         assert_eq!(metrics.snapshot("h").0, 3, "three retries, four tries");
         // No fifth try was sent.
         assert!(futures::FutureExt::now_or_never(handle.next_request()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_try_sends_the_same_head_and_body() {
+        use http_body_util::BodyExt;
+        let (svc, mut handle, _) = layer(2, None, "unavailable");
+        let mut sent = request();
+        *sent.method_mut() = http::Method::PUT;
+        let headers = sent.headers_mut();
+        headers.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.append("x-tag", http::HeaderValue::from_static("a"));
+        headers.append("x-tag", http::HeaderValue::from_static("b"));
+        let expected = (
+            sent.method().clone(),
+            sent.uri().clone(),
+            sent.headers().clone(),
+        );
+        let mut call = tokio_test::task::spawn(call_judged(&svc, sent));
+        for _ in 0..3 {
+            assert_pending!(call.poll());
+            tokio::time::advance(MAX_INTERVAL).await;
+            assert_pending!(call.poll());
+            let (tried, send) = handle.next_request().await.expect("a try");
+            let (parts, body) = tried.into_parts();
+            assert_eq!(
+                (parts.method, parts.uri, parts.headers),
+                expected,
+                "a try's head differs"
+            );
+            let bytes = body.collect().await.expect("body").to_bytes();
+            assert_eq!(&bytes[..], b"\0\0\0\0\x02\x08\x01");
+            send.send_response(status_response(Code::Unavailable, "down"));
+        }
+        assert_eq!(
+            assert_ready!(call.poll()),
+            Some(Outcome::Grpc(Code::Unavailable))
+        );
     }
 
     #[tokio::test(start_paused = true)]

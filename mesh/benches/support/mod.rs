@@ -55,7 +55,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// CPU time (user + system) this process has used so far, from /proc/self/stat (Linux;
-/// zero elsewhere). Ticks of 10 ms: read it over runs of a second or more.
+/// zero elsewhere). Ticks of 10 ms: a reading around a round of 0.2 s is off by up to 5 %,
+/// a sum over 21 such rounds by well under 1 %.
 pub fn cpu_time() -> Duration {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return Duration::ZERO;
