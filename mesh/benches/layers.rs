@@ -1,7 +1,8 @@
 //! Where the mesh's time goes, layer by layer (run: `cargo bench -p mesh --bench layers`).
 //!
 //! The same unary call (health Check over loopback) through stacks that grow by one layer
-//! at a time, from a plain tonic channel to the whole [`mesh::MeshClient`], interleaved call
+//! at a time, from a plain tonic channel to the whole [`mesh::MeshClient`] (and, last, as
+//! a reference, hyper-util's client without tonic's channel), interleaved call
 //! by call so the machine's drift hits every stack alike. For each stack it prints the
 //! latency percentiles as ratios to the plain channel, and the runtime's worker wake-ups
 //! (thread unparks) and parks per call: a layer that adds a wake-up shows as +1 there.
@@ -48,6 +49,33 @@ impl tower::Service<mesh::Request> for Layered {
     fn call(&mut self, request: mesh::Request) -> Self::Future {
         self.0.call(request)
     }
+}
+
+/// hyper-util's pooled client over HTTP/2, without tonic's channel around it: a
+/// reference for what tonic's `Channel` itself costs (its `Buffer` hands every call to a
+/// worker task of its own, one more task woken per call).
+fn hyper_client(origin: &str) -> Client {
+    // No delay, as tonic sets it: with Nagle a call waits out the peer's delayed ACK.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, tonic::body::Body>(connector);
+    let origin: http::Uri = origin.parse().unwrap();
+    let service = tower::service_fn(move |mut request: mesh::Request| {
+        let client = client.clone();
+        // tonic's client sends the path only; its channel adds the origin.
+        let mut parts = origin.clone().into_parts();
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = http::Uri::from_parts(parts).unwrap();
+        async move {
+            let response = client.request(request).await?;
+            Ok::<_, BoxError>(response.map(tonic::body::Body::new))
+        }
+    });
+    Client::Layered(HealthClient::new(Layered(
+        tower::util::BoxCloneSyncService::new(service),
+    )))
 }
 
 fn layered<H: mesh::Hop + 'static>(hop: H) -> Client {
@@ -155,6 +183,7 @@ async fn bench() {
                 MeshClient::load(&config, &metrics).unwrap(),
             )),
         ),
+        ("hyper client, no tonic channel", hyper_client(&addr.uri)),
     ];
     // LAYERS_ONLY=<row>[,<row>...]: those stacks alone (one, for a profiler such as
     // callgrind), LAYERS_CALLS calls each.
