@@ -117,17 +117,13 @@ mod tests {
         }
     }
 
-    fn ok_service() -> impl Hop {
-        Upstream
-    }
-
     #[tokio::test]
     async fn abort_percentage_within_tolerance() {
         let svc = FaultLayer::layer(Config {
             delay: None,
             abort: Some((Code::Unavailable, 30.0)),
         })
-        .layer(ok_service());
+        .layer(Upstream);
         let n = 20_000;
         let mut aborted = 0;
         for _ in 0..n {
@@ -146,7 +142,7 @@ mod tests {
             delay: Some((Duration::from_secs(5), 10.0)),
             abort: None,
         })
-        .layer(ok_service());
+        .layer(Upstream);
         let n = 20_000;
         let mut delayed = 0;
         for _ in 0..n {
@@ -168,12 +164,12 @@ mod tests {
             delay: None,
             abort: Some((Code::Internal, 0.0)),
         })
-        .layer(ok_service());
+        .layer(Upstream);
         let always = FaultLayer::layer(Config {
             delay: None,
             abort: Some((Code::Internal, 100.0)),
         })
-        .layer(ok_service());
+        .layer(Upstream);
         for _ in 0..1000 {
             assert_eq!(call_judged(&never, request()).await, Some(Outcome::Ok));
             assert_eq!(

@@ -537,18 +537,18 @@ mod tests {
         for _ in 0..4 {
             // A call's first try, another call in between (round robin moves on), then
             // the first call's retry: it must not land where its first try did.
-            let mut tried = Call::default();
+            let mut retried = Call::default();
             let down = Some(Code::Unavailable);
-            let first = try_once(&b, &mut handles, &mut tried, down)
+            let first = try_once(&b, &mut handles, &mut retried, down)
                 .await
                 .expect("answered");
             call(&b, &mut handles, down).await.expect("answered");
-            let retry = try_once(&b, &mut handles, &mut tried, down)
+            let retry = try_once(&b, &mut handles, &mut retried, down)
                 .await
                 .expect("answered");
             assert_ne!(first, retry, "the retry went back to the endpoint it tried");
             // Both tried: a third try still goes somewhere.
-            let third = try_once(&b, &mut handles, &mut tried, down)
+            let third = try_once(&b, &mut handles, &mut retried, down)
                 .await
                 .expect("answered");
             assert!(third < 2);

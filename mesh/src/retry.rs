@@ -202,7 +202,7 @@ pub struct Retry<S> {
 
 /// What a retry sends again of the call's head. The first try takes the head itself, so
 /// the call keeps only this copy, with the headers as a list (one allocation; a header
-/// map's copy takes three, on every call that may be retried). Not the extensions: what
+/// map's copy takes three). Not the extensions: what
 /// the layers below read is in the [`Call`], and hyper reads none of a gRPC request's.
 struct Head {
     method: http::Method,
@@ -254,7 +254,7 @@ impl<S: Hop> Hop for Retry<S> {
         // request as well (see Hop).
         let (parts, body) = request.into_parts();
         let replay = Replay::new(body);
-        let head = (layer.config.attempts > 0).then(|| Head::of(&parts));
+        let head = Head::of(&parts);
         let mut first = Some(parts);
         async move {
             // The route's deadline: each try is bounded by the sooner of it and the per-try
@@ -267,11 +267,9 @@ impl<S: Hop> Hop for Retry<S> {
             let mut retry = 0u32;
             loop {
                 call.judged = None;
-                let request = match (first.take(), &head) {
-                    (Some(parts), _) => Request::from_parts(parts, replay.body()),
-                    (None, Some(head)) => head.request(replay.body()),
-                    // Without retries there is no second try.
-                    (None, None) => return Err("retried without a copy of the request".into()),
+                let request = match first.take() {
+                    Some(parts) => Request::from_parts(parts, replay.body()),
+                    None => head.request(replay.body()),
                 };
                 let attempt = inner.call(request, call);
                 let per_try = layer
