@@ -78,6 +78,34 @@ fn hyper_client(origin: &str) -> Client {
     )))
 }
 
+/// hyper's HTTP/2 connection handle called directly: no tonic `Buffer` task, no pool.
+async fn hyper_conn(origin: &str) -> Client {
+    let origin: http::Uri = origin.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect((origin.host().unwrap(), origin.port_u16().unwrap()))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (send, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let service = tower::service_fn(move |mut request: mesh::Request| {
+        let mut send = send.clone();
+        let mut parts = origin.clone().into_parts();
+        parts.path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = http::Uri::from_parts(parts).unwrap();
+        async move {
+            let response = send.send_request(request).await?;
+            Ok::<_, BoxError>(response.map(tonic::body::Body::new))
+        }
+    });
+    Client::Layered(HealthClient::new(Layered(
+        tower::util::BoxCloneSyncService::new(service),
+    )))
+}
+
 fn layered<H: mesh::Hop + 'static>(hop: H) -> Client {
     Client::Layered(HealthClient::new(Layered(
         tower::util::BoxCloneSyncService::new(HopService::new(hop)),
@@ -184,6 +212,7 @@ async fn bench() {
             )),
         ),
         ("hyper client, no tonic channel", hyper_client(&addr.uri)),
+        ("hyper h2 connection, direct", hyper_conn(&addr.uri).await),
     ];
     // LAYERS_ONLY=<row>[,<row>...]: those stacks alone (one, for a profiler such as
     // callgrind), LAYERS_CALLS calls each.
@@ -294,5 +323,11 @@ fn main() {
         })
         .build()
         .unwrap()
-        .block_on(bench());
+        .block_on(async {
+            if std::env::var("LAYERS_ON_WORKER").is_ok() {
+                tokio::spawn(bench()).await.unwrap()
+            } else {
+                bench().await
+            }
+        });
 }
