@@ -81,9 +81,10 @@ fn hyper_client(origin: &str) -> Client {
 /// hyper's HTTP/2 connection handle called directly: no tonic `Buffer` task, no pool.
 async fn hyper_conn(origin: &str) -> Client {
     let origin: http::Uri = origin.parse().unwrap();
-    let stream = tokio::net::TcpStream::connect((origin.host().unwrap(), origin.port_u16().unwrap()))
-        .await
-        .unwrap();
+    let stream =
+        tokio::net::TcpStream::connect((origin.host().unwrap(), origin.port_u16().unwrap()))
+            .await
+            .unwrap();
     stream.set_nodelay(true).unwrap();
     let (send, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -323,11 +324,7 @@ fn main() {
         })
         .build()
         .unwrap()
-        .block_on(async {
-            if std::env::var("LAYERS_ON_WORKER").is_ok() {
-                tokio::spawn(bench()).await.unwrap()
-            } else {
-                bench().await
-            }
-        });
+        // On a worker, as a service's calls are made (from its tasks): from the runtime's
+        // outside thread every call's wake-ups would cross threads, doubling its latency.
+        .block_on(async { tokio::spawn(bench()).await.unwrap() });
 }

@@ -177,7 +177,9 @@ struct Connection {
 
 impl Connection {
     fn new(uri: &str, connect_timeout: Duration) -> Result<Self, String> {
-        let uri: http::Uri = uri.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         let authority = uri
             .authority()
             .filter(|a| a.port_u16().is_some())
@@ -235,14 +237,17 @@ impl Connection {
     async fn handshake(&self) -> Result<Sender, BoxError> {
         let port = self.authority.port_u16().unwrap_or(80);
         // An IPv6 address comes bracketed in a URI, not in a socket address.
-        let host = self.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         // As tonic: without it a call waits out the peer's delayed ACK.
         stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http2::Builder::new(BoxingExecutor)
-                .handshake(hyper_util::rt::TokioIo::new(stream))
-                .await?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await?;
         let authority = self.authority.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
