@@ -18,7 +18,8 @@
 //! module of the policy concerned and listed in mesh/README.md.
 //!
 //! Stack, outermost first: route -> fault -> retry (with the route's timeout) -> split -> pool -> outlier
-//! balancer -> endpoint channel (buffers and classifies the unary response). Each layer is
+//! balancer -> endpoint (one HTTP/2 connection; buffers and classifies the unary
+//! response). Each layer is
 //! a [`Hop`]: a concrete type called by reference, so a call runs down the whole stack as
 //! one future, with no box, clone or readiness wait per layer.
 #![forbid(unsafe_code)]
@@ -72,7 +73,8 @@ pub type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// starts (the route, pool and retry layers do) rather than from inside an async block,
 /// which would keep room for the request (240 bytes) for the whole call, and wraps the
 /// inner future with a combinator rather than awaiting it in an async block that holds
-/// it twice. The balancer and the endpoint still hold the request across an await.
+/// it twice. The balancer still holds the request across an await; the endpoint hands it
+/// to its connection without waiting, unless the connection needs opening.
 pub trait Hop: Send + Sync {
     fn call<'a>(
         &'a self,
@@ -194,7 +196,7 @@ pub type Stack = route::Router<fault::Fault<retry::Retry<split::WeightedSplit<Ar
 pub fn build(
     policy: &HostPolicy,
     endpoints: &[EndpointAddr],
-    tls: Option<&tonic::transport::ClientTlsConfig>,
+    tls: Option<&endpoint::ClientTls>,
     metrics: &MeshMetrics,
     memory: &outlier::Memory,
 ) -> Result<Stack, ConfigError> {
@@ -271,7 +273,7 @@ pub struct MeshConfig {
     pub files: Vec<PathBuf>,
     pub endpoints: Vec<EndpointAddr>,
     /// TLS for `https://` endpoints (the caller's certificate and the CA it trusts).
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub tls: Option<endpoint::ClientTls>,
 }
 
 impl MeshConfig {
@@ -292,7 +294,7 @@ impl MeshConfig {
     }
 
     /// The same with TLS for its `https://` endpoints.
-    pub fn with_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+    pub fn with_tls(self, tls: Option<endpoint::ClientTls>) -> Self {
         Self { tls, ..self }
     }
 

@@ -34,6 +34,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("{0:?} cannot name a certificate: 1 to 64 of A-Z a-z 0-9 . _ @ : -")]
     Name(String),
+    #[error("TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE: {0}")]
+    Unusable(String),
 }
 
 /// A service's certificate and the CA it trusts for its peers.
@@ -41,6 +43,8 @@ pub enum TlsError {
 pub struct Tls {
     identity: Identity,
     ca: Certificate,
+    /// The same for the mesh's endpoints, which speak TLS themselves.
+    mesh: mesh::endpoint::ClientTls,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -56,10 +60,16 @@ impl Tls {
     pub fn load(args: &TlsArgs) -> Result<Option<Tls>, TlsError> {
         match (&args.tls_cert_file, &args.tls_key_file, &args.tls_ca_file) {
             (None, None, None) => Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(Tls {
-                identity: Identity::from_pem(read(cert)?, read(key)?),
-                ca: Certificate::from_pem(read(ca)?),
-            })),
+            (Some(cert), Some(key), Some(ca)) => {
+                let (cert, key, ca) = (read(cert)?, read(key)?, read(ca)?);
+                let mesh = mesh::endpoint::ClientTls::from_pem(&cert, &key, &ca)
+                    .map_err(TlsError::Unusable)?;
+                Ok(Some(Tls {
+                    identity: Identity::from_pem(cert, key),
+                    ca: Certificate::from_pem(ca),
+                    mesh,
+                }))
+            }
             (None, _, _) => Err(TlsError::Incomplete("TLS_CERT_FILE")),
             (_, None, _) => Err(TlsError::Incomplete("TLS_KEY_FILE")),
             (_, _, None) => Err(TlsError::Incomplete("TLS_CA_FILE")),
@@ -71,6 +81,11 @@ impl Tls {
         ServerTlsConfig::new()
             .identity(self.identity.clone())
             .client_ca_root(self.ca.clone())
+    }
+
+    /// The same client for the mesh's `https://` endpoints.
+    pub fn mesh_client(&self) -> mesh::endpoint::ClientTls {
+        self.mesh.clone()
     }
 
     /// A client that presents this service's certificate and trusts only the CA.

@@ -183,8 +183,12 @@ pub enum Error {
 }
 
 /// A channel without the mesh's policies to a backend's first endpoint (the health checks
-/// of `/status`), with the mesh's TLS.
-fn channel(config: &mesh::MeshConfig, url: &str) -> Result<tonic::transport::Channel, Error> {
+/// of `/status`), with the same TLS as the mesh.
+fn channel(
+    config: &mesh::MeshConfig,
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, Error> {
     let first = config
         .endpoints
         .first()
@@ -197,8 +201,8 @@ fn channel(config: &mesh::MeshConfig, url: &str) -> Result<tonic::transport::Cha
     let mut endpoint = Endpoint::from_shared(first)
         .map_err(backend)?
         .connect_timeout(Duration::from_secs(2));
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint.tls_config(tls.clone()).map_err(backend)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(backend)?;
     }
     Ok(endpoint.connect_lazy())
 }
@@ -336,8 +340,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 url: url.clone(),
                 message,
             })?
-            .with_tls(tls.as_ref().map(|t| t.client()));
-        let probe = channel(&mesh_config, url)?;
+            .with_tls(tls.as_ref().map(|t| t.mesh_client()));
+        let probe = channel(&mesh_config, url, tls.as_ref().map(|t| t.client()))?;
         let client = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
         client.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
         if core {

@@ -119,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let mut host = Host::start::<migration::Migrator>(endpoints, shutdown).await?;
     // Calls to delivery with the service's own certificate when mTLS is on.
-    let mesh_config = mesh_config.with_tls(host.tls().map(|t| t.client()));
+    let mesh_config = mesh_config.with_tls(host.tls().map(|t| t.mesh_client()));
     let mesh_metrics = mesh::metrics::MeshMetrics::default();
     let mesh = mesh::MeshClient::load(&mesh_config, &mesh_metrics)?;
     mesh.reload_on_change(mesh_config, mesh_metrics.clone(), Duration::from_secs(1));
