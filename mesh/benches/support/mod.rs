@@ -37,7 +37,13 @@ pub async fn server() -> u16 {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // As the services' servers (parking_common::grpc): tonic sets no
+                // TCP_NODELAY on a stream handed to it, and without it an answer written
+                // while another is unacknowledged waits for the client's delayed ACK.
+                |accepted| accepted.inspect(|stream| stream.set_nodelay(true).unwrap()),
+            ))
             .await
             .unwrap();
     });
