@@ -2,7 +2,8 @@
 //!
 //! The same unary call (health Check over loopback) through stacks that grow by one layer
 //! at a time, from a plain tonic channel to the whole [`mesh::MeshClient`] (and, last, as
-//! a reference, hyper-util's client without tonic's channel), interleaved call
+//! references, hyper-util's pooled client and a bare hyper HTTP/2 connection, neither
+//! behind tonic's channel), interleaved call
 //! by call so the machine's drift hits every stack alike. For each stack it prints the
 //! latency percentiles as ratios to the plain channel, and the runtime's worker wake-ups
 //! (thread unparks) and parks per call: a layer that adds a wake-up shows as +1 there.

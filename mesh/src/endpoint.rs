@@ -83,11 +83,12 @@ impl ClientTls {
             return Err("certificate: none found".into());
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
+        let cas = CertificateDer::pem_slice_iter(ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("CA certificate: {e}"))?;
+        // As tonic: a bundle's certificates that cannot be parsed are skipped.
         let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(ca) {
-            let ca = ca.map_err(|e| format!("CA certificate: {e}"))?;
-            roots.add(ca).map_err(|e| format!("CA certificate: {e}"))?;
-        }
+        roots.add_parsable_certificates(cas);
         if roots.is_empty() {
             return Err("CA certificate: none found".into());
         }
@@ -107,8 +108,8 @@ impl ClientTls {
 /// the first call after it closed, whose unary answers are buffered and judged as Envoy
 /// does. A try is handed to hyper's connection handle at once, without the task hop of a
 /// tonic channel (whose buffer passes every call to a worker task of its own): the
-/// layers bench reads a bare connection 3 % faster than a tonic channel at one call in
-/// flight, with 9 % less CPU per call.
+/// layers bench reads an endpoint alone 0.82-0.86x a tonic channel's latency at one call
+/// in flight, and 3-6 % more calls at 16 in flight.
 #[derive(Debug)]
 pub struct Endpoint {
     /// Scheme and authority of every request's URI (tonic's client sends the path only).
@@ -149,6 +150,9 @@ impl Endpoint {
             .cloned()
             .ok_or_else(|| bad(&"an endpoint is http://host:port or https://host:port"))?;
         let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(bad(&"an endpoint is http://host:port or https://host:port"));
+        }
         let https = scheme == http::uri::Scheme::HTTPS;
         match (tls, https) {
             (Some(_), true) | (None, false) => {}
@@ -176,9 +180,10 @@ impl Endpoint {
         let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         match sender.as_mut().filter(|s| !s.is_closed()) {
             Some(sender) => {
-                let mut uri = std::mem::take(request.uri_mut()).into_parts();
+                let mut uri = http::uri::Parts::default();
                 uri.scheme = Some(self.scheme.clone());
                 uri.authority = Some(self.authority.clone());
+                uri.path_and_query = request.uri().path_and_query().cloned();
                 if let Ok(uri) = http::Uri::from_parts(uri) {
                     *request.uri_mut() = uri;
                 }
@@ -224,6 +229,10 @@ impl Endpoint {
                 let stream = tokio_rustls::TlsConnector::from(tls.0.clone())
                     .connect(name, stream)
                     .await?;
+                // As tonic: a peer that does not agree to HTTP/2 is not spoken to.
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err("the peer did not agree to HTTP/2 (ALPN h2)".into());
+                }
                 self.http2(stream).await
             }
         }
@@ -235,6 +244,8 @@ impl Endpoint {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
+            // None of hyper's timers is set; given, one set later cannot panic for want of it.
+            .timer(hyper_util::rt::TokioTimer::new())
             .handshake(hyper_util::rt::TokioIo::new(io))
             .await?;
         let authority = self.authority.clone();

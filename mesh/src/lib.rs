@@ -1,5 +1,5 @@
 //! Istio's `DestinationRule` and `VirtualService`, enforced in-process as layers around
-//! tonic channels, so the YAML under `k8s/istio/` means the same with or without a
+//! HTTP/2 connections, so the YAML under `k8s/istio/` means the same with or without a
 //! sidecar. One module per policy, each with its `Config`, a tower `Layer` that builds it,
 //! and its layer of the stack (a [`Hop`]):
 //!
@@ -480,8 +480,8 @@ mod tests {
         assert_eq!(tasks(), before + 1);
         drop(clones);
         tokio::time::sleep(WARM_TIMER_PERIOD * 2).await;
-        // Nothing of the client is left running: neither its warming task nor the workers
-        // of its channels.
+        // Nothing of the client is left running: neither its warming task nor its
+        // connections' tasks.
         assert_eq!(tasks(), 0, "the warming task ends with its client");
     }
 }

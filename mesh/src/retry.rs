@@ -255,20 +255,11 @@ impl<S: Hop> Hop for Retry<S> {
         let (parts, body) = request.into_parts();
         let replay = Replay::new(body);
         let head = Head::of(&parts);
-        // The call's deadline: the route's timeout, or the caller's grpc-timeout when
-        // sooner (as Istio's Envoy, whose max_grpc_timeout is the route's timeout).
-        let limit = match (
-            layer.route_timeout,
-            crate::timeout::grpc_timeout(&parts.headers),
-        ) {
-            (Some(route), Some(asked)) => Some(route.min(asked)),
-            (route, asked) => route.or(asked),
-        };
         let mut first = Some(parts);
         async move {
-            // Each try is bounded by the sooner of the call's deadline and the per-try
+            // The route's deadline: each try is bounded by the sooner of it and the per-try
             // timeout, with one timer.
-            let deadline = limit.map(|limit| RouteDeadline {
+            let deadline = layer.route_timeout.map(|limit| RouteDeadline {
                 at: tokio::time::Instant::now() + limit,
                 limit,
             });
@@ -606,47 +597,6 @@ mod tests {
         // Envoy's 504 "upstream request timeout", as a gRPC caller reads it.
         let status = err.downcast_ref::<tonic::Status>().expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_callers_grpc_timeout_ends_the_call_when_sooner_than_the_routes() {
-        for (route, asked, ends) in [
-            (Some(5_000), "100m", 100),
-            (None, "100m", 100),
-            (Some(100), "1S", 100),
-            // Not a grpc-timeout: the route's alone.
-            (Some(100), "soon", 100),
-        ] {
-            let (svc, mut handle, _) =
-                layer_timed(0, None, "unavailable", route.map(Duration::from_millis));
-            let mut sent = request();
-            sent.headers_mut()
-                .insert("grpc-timeout", http::HeaderValue::from_static(asked));
-            let mut call = tokio_test::task::spawn(call_hop(&svc, sent));
-            assert_pending!(call.poll());
-            let (_req, _send) = handle.next_request().await.expect("the call went out");
-            tokio::time::advance(Duration::from_millis(ends - 1)).await;
-            assert_pending!(call.poll(), "{route:?} {asked}");
-            tokio::time::advance(Duration::from_millis(2)).await;
-            let err = assert_ready!(call.poll()).expect_err("timed out");
-            assert!(crate::error::find::<crate::error::Timeout>(&*err).is_some());
-        }
-    }
-
-    #[test]
-    fn grpc_timeouts_are_read_and_nonsense_ignored() {
-        let read = |v: &'static str| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert("grpc-timeout", http::HeaderValue::from_static(v));
-            crate::timeout::grpc_timeout(&headers)
-        };
-        assert_eq!(read("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(read("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(read("7u"), Some(Duration::from_micros(7)));
-        for nonsense in ["", "m", "123456789m", "12x", "-1S", "1.5S"] {
-            assert_eq!(read(nonsense), None, "{nonsense:?}");
-        }
     }
 
     #[tokio::test(start_paused = true)]

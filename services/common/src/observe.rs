@@ -135,7 +135,26 @@ static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
             .collect()
     });
 
-pub use mesh::timeout::grpc_timeout;
+/// The `grpc-timeout` a caller set (`<digits><unit>`, at most 8 digits, unit H M S m u n);
+/// anything else is no deadline.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration as D;
+    Some(match unit {
+        "H" => D::from_secs(n.saturating_mul(3600)),
+        "M" => D::from_secs(n.saturating_mul(60)),
+        "S" => D::from_secs(n),
+        "m" => D::from_millis(n),
+        "u" => D::from_micros(n),
+        "n" => D::from_nanos(n),
+        _ => return None,
+    })
+}
 
 /// One call's series and span status, written once: when its code is known (trailers or
 /// trailers-only headers) or when it is dropped unanswered (the client went away, or

@@ -589,6 +589,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grpc_timeouts_are_read_and_nonsense_ignored() {
+        let mut headers = http::HeaderMap::new();
+        let mut with = |v: &'static str| {
+            headers.insert("grpc-timeout", HeaderValue::from_static(v));
+            parking_common::observe::grpc_timeout(&headers)
+        };
+        assert_eq!(with("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("m"), None);
+        assert_eq!(with("123456789m"), None, "more than 8 digits");
+        assert_eq!(with("5x"), None);
+    }
+
+    #[test]
     fn health_and_status_are_exempt_from_shedding() {
         assert!(exempt("/grpc.health.v1.Health/Check"));
         assert!(exempt("/status"));
