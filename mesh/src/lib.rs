@@ -73,8 +73,9 @@ pub type BoxFutureRef<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// starts (the route, pool and retry layers do) rather than from inside an async block,
 /// which would keep room for the request (240 bytes) for the whole call, and wraps the
 /// inner future with a combinator rather than awaiting it in an async block that holds
-/// it twice. The balancer still holds the request across an await; the endpoint hands it
-/// to its connection without waiting, unless the connection needs opening.
+/// it twice. The balancer and the endpoint still keep room for the request across an
+/// await, though the endpoint hands it to its connection at its first poll (measured:
+/// moving that out too changed nothing, see mesh/README.md).
 pub trait Hop: Send + Sync {
     fn call<'a>(
         &'a self,
