@@ -26,6 +26,10 @@ use tower::Layer;
 mod support;
 use support::{closed_loops, percentile, server, Caller, POLICY};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 static UNPARKS: AtomicU64 = AtomicU64::new(0);
 static PARKS: AtomicU64 = AtomicU64::new(0);
 
