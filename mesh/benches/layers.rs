@@ -66,30 +66,18 @@ fn hyper_client(origin: &str) -> Client {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build::<_, tonic::body::Body>(connector);
-    let origin: http::Uri = origin.parse().unwrap();
-    let service = tower::service_fn(move |mut request: mesh::Request| {
+    bare(origin, move |request| {
         let client = client.clone();
-        // tonic's client sends the path only; its channel adds the origin.
-        let mut parts = origin.clone().into_parts();
-        parts.path_and_query = request.uri().path_and_query().cloned();
-        *request.uri_mut() = http::Uri::from_parts(parts).unwrap();
-        async move {
-            let response = client.request(request).await?;
-            Ok::<_, BoxError>(response.map(tonic::body::Body::new))
-        }
-    });
-    Client::Layered(HealthClient::new(Layered(
-        tower::util::BoxCloneSyncService::new(service),
-    )))
+        async move { client.request(request).await }
+    })
 }
 
 /// hyper's HTTP/2 connection handle called directly: no tonic `Buffer` task, no pool.
 async fn hyper_conn(origin: &str) -> Client {
-    let origin: http::Uri = origin.parse().unwrap();
-    let stream =
-        tokio::net::TcpStream::connect((origin.host().unwrap(), origin.port_u16().unwrap()))
-            .await
-            .unwrap();
+    let uri: http::Uri = origin.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect((uri.host().unwrap(), uri.port_u16().unwrap()))
+        .await
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     let (send, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -97,13 +85,27 @@ async fn hyper_conn(origin: &str) -> Client {
             .await
             .unwrap();
     tokio::spawn(connection);
+    bare(origin, move |request| send.clone().send_request(request))
+}
+
+/// A tonic transport that hands each call to `send` with `origin` in its URI (tonic's
+/// client sends the path only; its channel adds the origin).
+fn bare<F, A, E>(origin: &str, send: F) -> Client
+where
+    F: Fn(mesh::Request) -> A + Clone + Send + Sync + 'static,
+    A: std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, E>>
+        + Send
+        + 'static,
+    E: Into<BoxError>,
+{
+    let origin: http::Uri = origin.parse().unwrap();
     let service = tower::service_fn(move |mut request: mesh::Request| {
-        let mut send = send.clone();
         let mut parts = origin.clone().into_parts();
         parts.path_and_query = request.uri().path_and_query().cloned();
         *request.uri_mut() = http::Uri::from_parts(parts).unwrap();
+        let answer = send(request);
         async move {
-            let response = send.send_request(request).await?;
+            let response = answer.await.map_err(Into::into)?;
             Ok::<_, BoxError>(response.map(tonic::body::Body::new))
         }
     });

@@ -37,18 +37,12 @@ pub async fn server() -> u16 {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming(tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                // As the services' servers (parking_common::grpc): tonic sets no
-                // TCP_NODELAY on a stream handed to it, and without it an answer written
-                // while another is unacknowledged waits for the client's delayed ACK.
-                |accepted| {
-                    accepted.inspect(|stream| {
-                        // A peer gone already: its connection fails on its own.
-                        let _ = stream.set_nodelay(true);
-                    })
-                },
-            ))
+            // TCP_NODELAY, as the services' servers set it (tonic's `tcp_nodelay` covers
+            // only servers it binds itself): without it an answer written while another is
+            // unacknowledged waits for the client's delayed ACK.
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
             .await
             .unwrap();
     });
@@ -65,26 +59,10 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// CPU time (user + system) this process has used so far, from /proc/self/stat (Linux;
-/// zero elsewhere). Ticks of 10 ms: a reading around a round of 0.2 s is off by up to 5 %,
-/// a sum over 21 such rounds by well under 1 %.
+/// CPU time (user + system) this process has used so far (clock_gettime's
+/// CLOCK_PROCESS_CPUTIME_ID: nanoseconds, every thread counted).
 pub fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the command (which may hold spaces) in parentheses: utime and stime
-    // are the 12th and 13th.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
-    };
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse::<u64>().ok())
-        .sum();
-    // USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
+    cpu_time::ProcessTime::try_now().map_or(Duration::ZERO, |t| t.as_duration())
 }
 
 /// A client the benches call: one unary call per `call` (panics on a failed call).
